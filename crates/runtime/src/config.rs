@@ -1,0 +1,272 @@
+//! Layered, typed configuration: built-in defaults < file < environment < command line.
+//!
+//! Each server declares one `Config` type with serde and a `Default`; [`load`] merges
+//! the layers with figment, deserializes once, and turns every failure into a
+//! [`ConfigError`] that names the key. Environment variables are `RTALPHA_` followed
+//! by the key path with `__` between sections: `RTALPHA_SERVER__BIND=0.0.0.0:8761`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// The prefix of environment variables that set configuration keys.
+pub const ENV_PREFIX: &str = "RTALPHA_";
+
+/// Configuration that could not be loaded or is not valid; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or parsed, or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+    /// A value parsed but is not allowed.
+    #[error("invalid configuration: key `{key}`: {problem}")]
+    Invalid {
+        /// The dotted key path.
+        key: String,
+        /// What is wrong with the value.
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// A value that parsed but is not allowed.
+    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A configuration that checks its own values after it is loaded.
+pub trait Validate {
+    /// Every rule the types alone cannot express; the error names the key.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Where the HTTP server listens and how it behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The address to bind.
+    pub bind: SocketAddr,
+    /// The largest request body accepted; larger ones are answered with 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults with the given bind address.
+    pub fn with_bind(bind: SocketAddr) -> Self {
+        ServerConfig {
+            bind,
+            ..ServerConfig::default()
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Validate for ServerConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// `human` or `json`.
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `info,rtalpha_registry=debug`.
+    pub log_level: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            log_format: LogFormat::Human,
+            log_level: "info".to_owned(),
+        }
+    }
+}
+
+impl Validate for TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map(|_| ())
+            .map_err(|err| ConfigError::invalid("telemetry.log_level", err.to_string()))
+    }
+}
+
+/// Command-line settings, as `(dotted key, value)` pairs: the last layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides(Vec<(String, serde_json::Value)>);
+
+impl Overrides {
+    /// No overrides.
+    pub fn new() -> Self {
+        Overrides::default()
+    }
+
+    /// Sets `key` (dotted path) to `value` when `value` is `Some`.
+    pub fn set<T: Serialize>(&mut self, key: &str, value: Option<T>) -> &mut Self {
+        if let Some(value) = value
+            && let Ok(json) = serde_json::to_value(value)
+        {
+            self.0.push((key.to_owned(), json));
+        }
+        self
+    }
+}
+
+/// Loads `T` from its defaults, an optional file (TOML, or YAML by a `.yml`/`.yaml`
+/// extension), the `RTALPHA_*` environment and the command-line overrides, in that
+/// order, then validates it.
+pub fn load<T>(file: Option<&Path>, overrides: &Overrides) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
+}
+
+fn load_with_env<T>(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+        }
+        let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
+        figment = if is_yaml {
+            figment.merge(Yaml::file(path))
+        } else {
+            figment.merge(Toml::file(path))
+        };
+    }
+    figment = figment.merge(env);
+    for (key, value) in &overrides.0 {
+        figment = figment.merge(Serialized::default(key, value));
+    }
+    let config: T = figment.extract().map_err(|err| {
+        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        ConfigError::Load(messages.join("; "))
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+    #[serde(default, deny_unknown_fields)]
+    struct Sample {
+        server: ServerConfig,
+        telemetry: TelemetryConfig,
+        answer: u32,
+    }
+
+    impl Validate for Sample {
+        fn validate(&self) -> Result<(), ConfigError> {
+            self.server.validate()?;
+            self.telemetry.validate()?;
+            if self.answer > 100 {
+                return Err(ConfigError::invalid("answer", "must be at most 100"));
+            }
+            Ok(())
+        }
+    }
+
+    /// An environment layer that matches no variable, so that tests do not depend on
+    /// the process environment; the real `RTALPHA_*` layer is tested through the binary.
+    fn no_env() -> Env {
+        Env::prefixed("RTALPHA_UNIT_TEST_NEVER_SET_").split("__")
+    }
+
+    #[test]
+    fn later_layers_win_over_earlier_ones() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        writeln!(file, "answer = 7\n[server]\nbind = \"127.0.0.1:9000\"\nmax_body_bytes = 10").unwrap();
+
+        let only_file: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        assert_eq!(only_file.answer, 7);
+        assert_eq!(only_file.server.bind.port(), 9000);
+        assert_eq!(only_file.server.shutdown_grace, Duration::from_secs(10), "defaults fill the rest");
+
+        let mut overrides = Overrides::new();
+        overrides.set("server.bind", Some("127.0.0.1:9999"));
+        let with_cli: Sample = load_with_env(Some(file.path()), &overrides, no_env()).unwrap();
+        assert_eq!(with_cli.server.bind.port(), 9999);
+        assert_eq!(with_cli.server.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn yaml_files_are_read_by_extension() {
+        let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        writeln!(file, "answer: 9\ntelemetry:\n  log_format: json").unwrap();
+        let config: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        assert_eq!(config.answer, 9);
+        assert_eq!(config.telemetry.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        writeln!(file, "[server]\nbind = \"not an address\"").unwrap();
+        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+
+        let mut overrides = Overrides::new();
+        overrides.set("answer", Some(1000));
+        let err = load_with_env::<Sample>(None, &overrides, no_env()).unwrap_err();
+        assert!(err.to_string().contains("`answer`"), "{err}");
+
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        writeln!(file, "[server]\nbindd = \"127.0.0.1:1\"").unwrap();
+        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("bindd"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = load_with_env::<Sample>(Some(Path::new("/nonexistent/rtalpha.toml")), &Overrides::new(), no_env())
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}
