@@ -1,1 +1,11 @@
-//! placeholder
+//! The rtalpha service registry.
+//!
+//! A lease table ([`table::LeaseTable`]) holds every instance; an eviction sweep
+//! removes the ones that stopped renewing, unless self-preservation judges that the
+//! renewals were lost on the way. Changes are pushed to watchers at once (blocking
+//! queries and server-sent events) and served over two APIs: a native JSON API under
+//! `/v1/` and Eureka's REST API under `/eureka/`.
+
+pub mod clock;
+pub mod config;
+pub mod table;
