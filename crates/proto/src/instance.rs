@@ -7,7 +7,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// The life-cycle status of an instance, as Eureka names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Ready to take traffic.
@@ -113,7 +115,8 @@ impl Default for DataCenter {
 
 impl DataCenter {
     /// The class name of Eureka's default data-center info.
-    pub const DEFAULT_CLASS: &'static str = "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo";
+    pub const DEFAULT_CLASS: &'static str =
+        "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo";
 }
 
 /// The lease an instance holds: how often it renews, how long a renewal lasts, and when

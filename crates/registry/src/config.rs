@@ -8,7 +8,8 @@ use rtalpha_runtime::{ConfigError, ServerConfig, TelemetryConfig};
 use serde::{Deserialize, Serialize};
 
 /// The registry's default bind address, as Eureka's.
-pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8761);
+pub const DEFAULT_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8761);
 
 /// Everything `rtalpha registry` reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,7 +129,10 @@ impl Validate for Config {
             ));
         }
         if preservation.window < Duration::from_secs(1) {
-            return Err(ConfigError::invalid("registry.self_preservation.window", "must be at least 1s"));
+            return Err(ConfigError::invalid(
+                "registry.self_preservation.window",
+                "must be at least 1s",
+            ));
         }
         let auth = &registry.auth;
         if auth.username.is_some() != auth.password.is_some() {
@@ -151,9 +155,18 @@ mod tests {
         let mut config = Config::default();
         config.registry.self_preservation.threshold = 1.5;
         let err = config.validate().unwrap_err().to_string();
-        assert!(err.contains("registry.self_preservation.threshold"), "{err}");
+        assert!(
+            err.contains("registry.self_preservation.threshold"),
+            "{err}"
+        );
         let mut config = Config::default();
         config.registry.auth.username = Some("admin".into());
-        assert!(config.validate().unwrap_err().to_string().contains("registry.auth"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("registry.auth")
+        );
     }
 }

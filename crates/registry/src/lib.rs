@@ -4,8 +4,18 @@
 //! removes the ones that stopped renewing, unless self-preservation judges that the
 //! renewals were lost on the way. Changes are pushed to watchers at once (blocking
 //! queries and server-sent events) and served over two APIs: a native JSON API under
-//! `/v1/` and Eureka's REST API under `/eureka/`.
+//! `/v1/` ([`api`]) and Eureka's REST API under `/eureka/` ([`eureka`]).
 
+pub mod api;
+mod auth;
 pub mod clock;
 pub mod config;
+mod dashboard;
+pub mod eureka;
+pub mod server;
 pub mod table;
+pub mod watch;
+pub mod xml;
+
+pub use config::Config;
+pub use server::run;

@@ -83,7 +83,8 @@ impl Lease {
     }
 
     fn expires_at(&self) -> u64 {
-        self.last_renewal_ms.load(Ordering::Relaxed) + u64::from(self.instance.lease.duration_secs) * 1000
+        self.last_renewal_ms.load(Ordering::Relaxed)
+            + u64::from(self.instance.lease.duration_secs) * 1000
     }
 }
 
@@ -152,23 +153,32 @@ impl ReadView<'_> {
 
     /// Every app name with its instances, ordered by name and id.
     pub fn apps(&self) -> impl Iterator<Item = (&str, Vec<Instance>)> {
-        self.state
-            .apps
-            .iter()
-            .map(|(name, app)| (name.as_str(), app.instances.values().map(Lease::snapshot).collect()))
+        self.state.apps.iter().map(|(name, app)| {
+            (
+                name.as_str(),
+                app.instances.values().map(Lease::snapshot).collect(),
+            )
+        })
     }
 
     /// One app's instances and the index of its last change.
     pub fn app(&self, name: &str) -> Option<(u64, Vec<Instance>)> {
-        self.state
-            .apps
-            .get(name)
-            .map(|app| (app.index, app.instances.values().map(Lease::snapshot).collect()))
+        self.state.apps.get(name).map(|app| {
+            (
+                app.index,
+                app.instances.values().map(Lease::snapshot).collect(),
+            )
+        })
     }
 
     /// One instance.
     pub fn instance(&self, app: &str, id: &str) -> Option<Instance> {
-        self.state.apps.get(app)?.instances.get(id).map(Lease::snapshot)
+        self.state
+            .apps
+            .get(app)?
+            .instances
+            .get(id)
+            .map(Lease::snapshot)
     }
 
     /// The first instance with this id in any app (Eureka's `/instances/{id}`).
@@ -189,7 +199,11 @@ impl ReadView<'_> {
 
     /// How many instances are registered.
     pub fn instance_count(&self) -> usize {
-        self.state.apps.values().map(|app| app.instances.len()).sum()
+        self.state
+            .apps
+            .values()
+            .map(|app| app.instances.len())
+            .sum()
     }
 
     /// The changes after `since`, or `None` when some of them are no longer kept.
@@ -197,7 +211,10 @@ impl ReadView<'_> {
         if since < self.state.pruned_through {
             return None;
         }
-        let start = self.state.log.partition_point(|change| change.index <= since);
+        let start = self
+            .state
+            .log
+            .partition_point(|change| change.index <= since);
         Some(self.state.log.range(start..).cloned().collect())
     }
 
@@ -209,7 +226,11 @@ impl ReadView<'_> {
 
 impl LeaseTable {
     /// An empty table.
-    pub fn new(clock: Clock, delta_retention: Duration, preservation: SelfPreservationSettings) -> Self {
+    pub fn new(
+        clock: Clock,
+        delta_retention: Duration,
+        preservation: SelfPreservationSettings,
+    ) -> Self {
         let (changes, _) = broadcast::channel(WATCH_BACKLOG);
         let (version, _) = watch::channel(0);
         let started_at = clock.now_ms();
@@ -242,12 +263,17 @@ impl LeaseTable {
     /// A consistent read of everything.
     pub fn read(&self) -> ReadView<'_> {
         ReadView {
-            state: self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
+            state: self
+                .state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
         }
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The version index now.
@@ -262,7 +288,14 @@ impl LeaseTable {
 
     /// Subscribes to changes and returns, atomically with it, the changes after
     /// `since` still in the log (`None` if some were pruned) and the index now.
-    pub fn subscribe(&self, since: Option<u64>) -> (broadcast::Receiver<Arc<Change>>, Option<Vec<Arc<Change>>>, u64) {
+    pub fn subscribe(
+        &self,
+        since: Option<u64>,
+    ) -> (
+        broadcast::Receiver<Arc<Change>>,
+        Option<Vec<Arc<Change>>>,
+        u64,
+    ) {
         // Writers publish under the write lock, so holding the read lock here means no
         // change can fall between the backlog and the subscription.
         let view = self.read();
@@ -282,7 +315,9 @@ impl LeaseTable {
         if let Some(previous) = previous {
             previous.last_renewal_ms.store(now, Ordering::Relaxed);
             let held = &previous.instance;
-            if instance.last_dirty_timestamp != 0 && instance.last_dirty_timestamp < held.last_dirty_timestamp {
+            if instance.last_dirty_timestamp != 0
+                && instance.last_dirty_timestamp < held.last_dirty_timestamp
+            {
                 return None;
             }
             // An operator's override outlives re-registration, as in Eureka.
@@ -321,7 +356,8 @@ impl LeaseTable {
         instance.last_updated_timestamp = now;
         let id = instance.instance_id.clone();
         let app_name = instance.app.clone();
-        app.instances.insert(id.clone(), Lease::new(instance.clone()));
+        app.instances
+            .insert(id.clone(), Lease::new(instance.clone()));
         Some(self.commit(&mut state, kind, app_name, id, instance, now))
     }
 
@@ -345,7 +381,8 @@ impl LeaseTable {
             lease.last_renewal_ms.store(now, Ordering::Relaxed);
             self.renewals.total.fetch_add(1, Ordering::Relaxed);
             report.status.filter(|reported| {
-                lease.instance.overridden_status == Status::Unknown && *reported != lease.instance.status
+                lease.instance.overridden_status == Status::Unknown
+                    && *reported != lease.instance.status
             })
         };
         if let Some(status) = status_change {
@@ -363,7 +400,12 @@ impl LeaseTable {
     }
 
     /// Forces a status until the override is cleared.
-    pub fn set_override(&self, app: &str, id: &str, status: Status) -> Result<Option<Arc<Change>>, TableError> {
+    pub fn set_override(
+        &self,
+        app: &str,
+        id: &str,
+        status: Status,
+    ) -> Result<Option<Arc<Change>>, TableError> {
         self.modify(app, id, |instance| {
             let changed = instance.overridden_status != status || instance.status != status;
             instance.overridden_status = status;
@@ -374,10 +416,16 @@ impl LeaseTable {
 
     /// Removes the override; the instance takes `status` (Eureka's `value=`, UNKNOWN
     /// when absent) until it reports its own.
-    pub fn clear_override(&self, app: &str, id: &str, status: Option<Status>) -> Result<Option<Arc<Change>>, TableError> {
+    pub fn clear_override(
+        &self,
+        app: &str,
+        id: &str,
+        status: Option<Status>,
+    ) -> Result<Option<Arc<Change>>, TableError> {
         let status = status.unwrap_or(Status::Unknown);
         self.modify(app, id, |instance| {
-            let changed = instance.overridden_status != Status::Unknown || instance.status != status;
+            let changed =
+                instance.overridden_status != Status::Unknown || instance.status != status;
             instance.overridden_status = Status::Unknown;
             instance.status = status;
             changed
@@ -385,7 +433,12 @@ impl LeaseTable {
     }
 
     /// Sets or removes (`None`) metadata keys.
-    pub fn update_metadata(&self, app: &str, id: &str, patch: &MetadataPatch) -> Result<Option<Arc<Change>>, TableError> {
+    pub fn update_metadata(
+        &self,
+        app: &str,
+        id: &str,
+        patch: &MetadataPatch,
+    ) -> Result<Option<Arc<Change>>, TableError> {
         self.modify(app, id, |instance| {
             let before = instance.metadata.clone();
             for (key, value) in patch {
@@ -427,7 +480,14 @@ impl LeaseTable {
         instance.last_updated_timestamp = now;
         instance.action_type = Some(ActionType::Modified);
         let snapshot = lease.snapshot();
-        Ok(Some(self.commit(&mut state, ChangeKind::Modified, app.to_owned(), id.to_owned(), snapshot, now)))
+        Ok(Some(self.commit(
+            &mut state,
+            ChangeKind::Modified,
+            app.to_owned(),
+            id.to_owned(),
+            snapshot,
+            now,
+        )))
     }
 
     fn remove(&self, app: &str, id: &str, kind: ChangeKind) -> Result<Arc<Change>, TableError> {
@@ -442,7 +502,14 @@ impl LeaseTable {
         instance.lease.eviction_timestamp = now;
         instance.last_updated_timestamp = now;
         instance.action_type = Some(ActionType::Deleted);
-        Ok(self.commit(&mut state, kind, app.to_owned(), id.to_owned(), instance, now))
+        Ok(self.commit(
+            &mut state,
+            kind,
+            app.to_owned(),
+            id.to_owned(),
+            instance,
+            now,
+        ))
     }
 
     /// Bumps the index, logs the change and tells watchers, under the write lock.
@@ -492,7 +559,11 @@ impl LeaseTable {
         let now = self.clock.now_ms();
         let total = self.renewals.total.load(Ordering::Relaxed);
         let window_ms = self.preservation.window.as_millis() as u64;
-        let mut samples = self.renewals.samples.write().unwrap_or_else(|p| p.into_inner());
+        let mut samples = self
+            .renewals
+            .samples
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         samples.push_back((now, total));
         // Keep the newest sample at or before the window's start, so the window is full.
         while samples.len() > 1 && samples[1].0 <= now.saturating_sub(window_ms) {
@@ -510,10 +581,18 @@ impl LeaseTable {
     fn judge(&self, state: &State) -> SelfPreservation {
         let now = self.clock.now_ms();
         let (window_start, total_then) = {
-            let samples = self.renewals.samples.read().unwrap_or_else(|p| p.into_inner());
+            let samples = self
+                .renewals
+                .samples
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             samples.front().copied().unwrap_or((self.started_at, 0))
         };
-        let renewals = self.renewals.total.load(Ordering::Relaxed).saturating_sub(total_then);
+        let renewals = self
+            .renewals
+            .total
+            .load(Ordering::Relaxed)
+            .saturating_sub(total_then);
         let span_ms = now.saturating_sub(window_start) as f64;
         // A lease younger than the window is expected to have renewed only for its age;
         // its registration counts as its first sign of life, as the meter counts it too.

@@ -85,7 +85,10 @@ impl Default for ServerConfig {
 impl Validate for ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
-            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "server.max_body_bytes",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -167,9 +170,15 @@ where
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.is_file() {
-            return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
         }
-        let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
+        let is_yaml = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yml" | "yaml")
+        );
         figment = if is_yaml {
             figment.merge(Yaml::file(path))
         } else {
@@ -222,12 +231,21 @@ mod tests {
     #[test]
     fn later_layers_win_over_earlier_ones() {
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        writeln!(file, "answer = 7\n[server]\nbind = \"127.0.0.1:9000\"\nmax_body_bytes = 10").unwrap();
+        writeln!(
+            file,
+            "answer = 7\n[server]\nbind = \"127.0.0.1:9000\"\nmax_body_bytes = 10"
+        )
+        .unwrap();
 
-        let only_file: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        let only_file: Sample =
+            load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
         assert_eq!(only_file.answer, 7);
         assert_eq!(only_file.server.bind.port(), 9000);
-        assert_eq!(only_file.server.shutdown_grace, Duration::from_secs(10), "defaults fill the rest");
+        assert_eq!(
+            only_file.server.shutdown_grace,
+            Duration::from_secs(10),
+            "defaults fill the rest"
+        );
 
         let mut overrides = Overrides::new();
         overrides.set("server.bind", Some("127.0.0.1:9999"));
@@ -249,7 +267,8 @@ mod tests {
     fn errors_name_the_bad_key() {
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbind = \"not an address\"").unwrap();
-        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err =
+            load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("server.bind"), "{err}");
 
         let mut overrides = Overrides::new();
@@ -259,14 +278,19 @@ mod tests {
 
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbindd = \"127.0.0.1:1\"").unwrap();
-        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err =
+            load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("bindd"), "{err}");
     }
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = load_with_env::<Sample>(Some(Path::new("/nonexistent/rtalpha.toml")), &Overrides::new(), no_env())
-            .unwrap_err();
+        let err = load_with_env::<Sample>(
+            Some(Path::new("/nonexistent/rtalpha.toml")),
+            &Overrides::new(),
+            no_env(),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("does not exist"), "{err}");
     }
 }

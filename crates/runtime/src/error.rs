@@ -96,8 +96,14 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     let message = match parts.extensions.remove::<ErrorMessage>() {
         Some(ErrorMessage(message)) => message,
         None => {
-            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE_BYTES)]).trim().to_owned();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE_BYTES)])
+                .trim()
+                .to_owned();
             if text.is_empty() {
                 status.canonical_reason().unwrap_or("error").to_owned()
             } else {
@@ -113,7 +119,11 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         request_id,
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
-    parts.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+    parts
+        .headers
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
     Response::from_parts(parts, Body::from(json))
 }

@@ -49,7 +49,8 @@ pub async fn serve(
     let app = with_platform_layers(routes, &options);
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace = options.shutdown_grace;
     tokio::select! {
         result = server.into_future() => result,
@@ -100,7 +101,10 @@ async fn ready(State(health): State<Health>) -> Response {
 async fn metrics() -> Response {
     let text = telemetry::metrics().render();
     (
-        [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
         text,
     )
         .into_response()
@@ -137,7 +141,11 @@ async fn access_log(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let path = request.uri().path().to_owned();
-    let id = request.extensions().get::<RequestId>().map(|id| id.0.clone()).unwrap_or_default();
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status();
@@ -147,7 +155,8 @@ async fn access_log(request: Request, next: Next) -> Response {
         ("status", status.as_u16().to_string()),
     ];
     metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+    metrics::histogram!("http_server_request_duration_seconds", &labels[..2])
+        .record(elapsed.as_secs_f64());
     if status.is_server_error() {
         tracing::warn!(%method, %path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, request_id = %id, "request failed");
     } else if status.is_client_error() {

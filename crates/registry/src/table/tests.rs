@@ -15,8 +15,14 @@ fn instance(app: &str, id: &str) -> Instance {
         instance_id: id.to_owned(),
         host_name: format!("{id}.local"),
         ip_addr: "10.0.0.1".to_owned(),
-        port: Port { number: 8080, enabled: true },
-        secure_port: Port { number: 8443, enabled: false },
+        port: Port {
+            number: 8080,
+            enabled: true,
+        },
+        secure_port: Port {
+            number: 8443,
+            enabled: false,
+        },
         vip_address: Some(app.to_lowercase()),
         secure_vip_address: None,
         status: Status::Up,
@@ -72,7 +78,10 @@ async fn evicts_instance_after_lease_expires() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
     tokio::time::advance(Duration::from_secs(89)).await;
-    assert!(table.sweep().evicted.is_empty(), "not before the lease duration");
+    assert!(
+        table.sweep().evicted.is_empty(),
+        "not before the lease duration"
+    );
     tokio::time::advance(Duration::from_secs(2)).await;
     let sweep = table.sweep();
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "a".to_owned())]);
@@ -85,7 +94,10 @@ async fn renewal_postpones_eviction() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
     tokio::time::advance(Duration::from_secs(60)).await;
-    assert_eq!(table.renew("ORDERS", "a", RenewalReport::default()), Ok(Renewal::Renewed));
+    assert_eq!(
+        table.renew("ORDERS", "a", RenewalReport::default()),
+        Ok(Renewal::Renewed)
+    );
     tokio::time::advance(Duration::from_secs(60)).await;
     assert!(table.sweep().evicted.is_empty());
     tokio::time::advance(Duration::from_secs(31)).await;
@@ -97,7 +109,9 @@ async fn renewal_does_not_change_the_version() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
     let index = table.index();
-    table.renew("ORDERS", "a", RenewalReport::default()).unwrap();
+    table
+        .renew("ORDERS", "a", RenewalReport::default())
+        .unwrap();
     assert_eq!(table.index(), index);
     assert!(matches!(
         table.renew("ORDERS", "nope", RenewalReport::default()),
@@ -141,7 +155,10 @@ async fn the_newer_dirty_timestamp_wins_a_re_registration() {
 #[tokio::test(start_paused = true)]
 async fn an_identical_re_registration_is_not_a_change() {
     let table = table(without_preservation());
-    assert_eq!(table.register(instance("ORDERS", "a")).unwrap().kind, ChangeKind::Registered);
+    assert_eq!(
+        table.register(instance("ORDERS", "a")).unwrap().kind,
+        ChangeKind::Registered
+    );
     let index = table.index();
     tokio::time::advance(Duration::from_secs(5)).await;
     assert!(table.register(instance("ORDERS", "a")).is_none());
@@ -155,20 +172,31 @@ async fn an_identical_re_registration_is_not_a_change() {
 async fn an_override_wins_until_cleared_and_survives_re_registration() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
-    table.set_override("ORDERS", "a", Status::OutOfService).unwrap();
+    table
+        .set_override("ORDERS", "a", Status::OutOfService)
+        .unwrap();
     table.register(instance("ORDERS", "a"));
     let held = table.read().instance("ORDERS", "a").unwrap();
-    assert_eq!((held.status, held.overridden_status), (Status::OutOfService, Status::OutOfService));
+    assert_eq!(
+        (held.status, held.overridden_status),
+        (Status::OutOfService, Status::OutOfService)
+    );
     let report = RenewalReport {
         status: Some(Status::Up),
         last_dirty_timestamp: None,
     };
     table.renew("ORDERS", "a", report).unwrap();
-    assert_eq!(table.read().instance("ORDERS", "a").unwrap().status, Status::OutOfService);
+    assert_eq!(
+        table.read().instance("ORDERS", "a").unwrap().status,
+        Status::OutOfService
+    );
 
     table.clear_override("ORDERS", "a", None).unwrap();
     let held = table.read().instance("ORDERS", "a").unwrap();
-    assert_eq!((held.status, held.overridden_status), (Status::Unknown, Status::Unknown));
+    assert_eq!(
+        (held.status, held.overridden_status),
+        (Status::Unknown, Status::Unknown)
+    );
     assert_eq!(
         table.renew("ORDERS", "a", RenewalReport::default()),
         Ok(Renewal::MustRegister),
@@ -185,7 +213,10 @@ async fn a_reported_status_applies_when_no_override_is_set() {
         last_dirty_timestamp: None,
     };
     table.renew("ORDERS", "a", report).unwrap();
-    assert_eq!(table.read().instance("ORDERS", "a").unwrap().status, Status::Down);
+    assert_eq!(
+        table.read().instance("ORDERS", "a").unwrap().status,
+        Status::Down
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -213,7 +244,10 @@ async fn watchers_are_told_of_cancellation_and_eviction_in_order() {
             (ChangeKind::Evicted, "b".to_owned()),
         ]
     );
-    assert!(table.read().apps().next().is_none(), "an app with no instances is gone");
+    assert!(
+        table.read().apps().next().is_none(),
+        "an app with no instances is gone"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -227,8 +261,14 @@ async fn deltas_need_a_resync_once_changes_are_pruned() {
     assert_eq!(since_first[0].instance_id, "b");
     tokio::time::advance(Duration::from_secs(181)).await;
     table.register(instance("ORDERS", "c")).unwrap();
-    assert!(table.read().changes_since(0).is_none(), "pruned changes cannot be replayed");
-    assert_eq!(table.read().changes_since(table.index() - 1).unwrap().len(), 1);
+    assert!(
+        table.read().changes_since(0).is_none(),
+        "pruned changes cannot be replayed"
+    );
+    assert_eq!(
+        table.read().changes_since(table.index() - 1).unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -240,12 +280,19 @@ async fn self_preservation_spares_leases_when_most_renewals_stop() {
     }
     let all: Vec<(&str, &str)> = ids.iter().map(|id| ("ORDERS", id.as_str())).collect();
     run_for(&table, 120, &all).await;
-    assert!(!table.sweep().self_preservation.active, "healthy renewals keep the mode off");
+    assert!(
+        !table.sweep().self_preservation.active,
+        "healthy renewals keep the mode off"
+    );
 
     // A network blip: only two of ten instances still reach the registry.
     run_for(&table, 120, &all[..2]).await;
     let sweep = table.sweep();
-    assert!(sweep.self_preservation.active, "{:?}", sweep.self_preservation);
+    assert!(
+        sweep.self_preservation.active,
+        "{:?}",
+        sweep.self_preservation
+    );
     assert!(sweep.evicted.is_empty());
     assert_eq!(sweep.spared, 8);
     assert_eq!(table.read().instance_count(), 10);
@@ -269,15 +316,26 @@ async fn a_few_dead_instances_are_evicted_and_the_expected_rate_follows() {
     // One instance of ten dies: 90 % of renewals still arrive, above the 85 % share.
     run_for(&table, 120, &all[1..]).await;
     let sweep = table.sweep();
-    assert!(!sweep.self_preservation.active, "{:?}", sweep.self_preservation);
+    assert!(
+        !sweep.self_preservation.active,
+        "{:?}",
+        sweep.self_preservation
+    );
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "i0".to_owned())]);
     let after = table.judge_self_preservation().expected_renewals;
-    assert!(after < before, "the expected rate drops with the evicted lease: {before} -> {after}");
+    assert!(
+        after < before,
+        "the expected rate drops with the evicted lease: {before} -> {after}"
+    );
 
     // Later another one dies: judged against nine, not the ten Eureka would remember.
     run_for(&table, 120, &all[2..]).await;
     let sweep = table.sweep();
-    assert!(!sweep.self_preservation.active, "{:?}", sweep.self_preservation);
+    assert!(
+        !sweep.self_preservation.active,
+        "{:?}",
+        sweep.self_preservation
+    );
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "i1".to_owned())]);
 }
 
@@ -289,7 +347,11 @@ async fn self_preservation_stays_off_below_the_minimum_and_when_disabled() {
     run_for(&table, 100, &[]).await;
     let sweep = table.sweep();
     assert!(!sweep.self_preservation.active);
-    assert_eq!(sweep.evicted.len(), 2, "two silent instances of two are evicted");
+    assert_eq!(
+        sweep.evicted.len(),
+        2,
+        "two silent instances of two are evicted"
+    );
 
     let disabled = table_with_instances(SelfPreservationSettings {
         enabled: false,
@@ -304,7 +366,9 @@ async fn self_preservation_stays_off_below_the_minimum_and_when_disabled() {
 fn table_with_instances(preservation: SelfPreservationSettings) -> LeaseTable {
     let table = table(preservation);
     for n in 0..10 {
-        table.register(instance("ORDERS", &format!("i{n}"))).unwrap();
+        table
+            .register(instance("ORDERS", &format!("i{n}")))
+            .unwrap();
     }
     table
 }
@@ -316,10 +380,22 @@ async fn metadata_patch_sets_and_removes_keys_and_updates_the_zone() {
     let mut patch = MetadataPatch::new();
     patch.insert("zone".into(), Some("eu-1".into()));
     patch.insert("absent".into(), None);
-    let change = table.update_metadata("ORDERS", "a", &patch).unwrap().unwrap();
+    let change = table
+        .update_metadata("ORDERS", "a", &patch)
+        .unwrap()
+        .unwrap();
     assert_eq!(change.instance.zone.as_deref(), Some("eu-1"));
-    assert!(table.update_metadata("ORDERS", "a", &patch).unwrap().is_none(), "no-op patch");
+    assert!(
+        table
+            .update_metadata("ORDERS", "a", &patch)
+            .unwrap()
+            .is_none(),
+        "no-op patch"
+    );
     patch.insert("zone".into(), None);
-    let change = table.update_metadata("ORDERS", "a", &patch).unwrap().unwrap();
+    let change = table
+        .update_metadata("ORDERS", "a", &patch)
+        .unwrap()
+        .unwrap();
     assert!(!change.instance.metadata.contains_key("zone"));
 }
