@@ -46,6 +46,8 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Install the recorder before the first request, so nothing is counted into the void.
+    telemetry::metrics();
     let app = with_platform_layers(routes, &options);
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
