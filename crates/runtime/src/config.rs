@@ -190,7 +190,20 @@ where
         figment = figment.merge(Serialized::default(key, value));
     }
     let config: T = figment.extract().map_err(|err| {
-        let messages: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+        let messages: Vec<String> = err
+            .into_iter()
+            .map(|e| {
+                let source = e
+                    .metadata
+                    .as_ref()
+                    .map_or_else(|| "defaults".to_owned(), |m| m.name.to_string());
+                if e.path.is_empty() {
+                    format!("{} (from {source})", e.kind)
+                } else {
+                    format!("key `{}`: {} (from {source})", e.path.join("."), e.kind)
+                }
+            })
+            .collect();
         ConfigError::Load(messages.join("; "))
     })?;
     config.validate()?;
