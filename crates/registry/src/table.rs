@@ -129,6 +129,18 @@ pub struct LeaseTable {
     evictions_total: AtomicU64,
 }
 
+/// A new watcher's start: the live feed, what it missed, and where the table stands.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Every change committed from now on.
+    pub receiver: broadcast::Receiver<Arc<Change>>,
+    /// The changes after the asked-for index still in the log; `None` when some were
+    /// pruned and the watcher must resync.
+    pub backlog: Option<Vec<Arc<Change>>>,
+    /// The version index at subscription.
+    pub index: u64,
+}
+
 /// The result of one eviction sweep.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sweep {
@@ -288,20 +300,17 @@ impl LeaseTable {
 
     /// Subscribes to changes and returns, atomically with it, the changes after
     /// `since` still in the log (`None` if some were pruned) and the index now.
-    pub fn subscribe(
-        &self,
-        since: Option<u64>,
-    ) -> (
-        broadcast::Receiver<Arc<Change>>,
-        Option<Vec<Arc<Change>>>,
-        u64,
-    ) {
+    pub fn subscribe(&self, since: Option<u64>) -> Subscription {
         // Writers publish under the write lock, so holding the read lock here means no
         // change can fall between the backlog and the subscription.
         let view = self.read();
         let receiver = self.changes.subscribe();
         let backlog = since.map_or(Some(Vec::new()), |since| view.changes_since(since));
-        (receiver, backlog, view.index())
+        Subscription {
+            receiver,
+            backlog,
+            index: view.index(),
+        }
     }
 
     /// Registers an instance, or re-registers it. Returns the change, or `None` when

@@ -66,7 +66,11 @@ pub fn stream(
     app: Option<String>,
     since: Option<u64>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let (receiver, backlog, index) = state.table.subscribe(since);
+    let crate::table::Subscription {
+        receiver,
+        backlog,
+        index,
+    } = state.table.subscribe(since);
     let (backlog, resync_pending) = match backlog {
         Some(changes) => (changes, None),
         None => (Vec::new(), Some(index)),

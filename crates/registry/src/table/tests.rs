@@ -64,7 +64,7 @@ async fn run_for(table: &LeaseTable, seconds: u64, renewing: &[(&str, &str)]) {
     for _ in 0..seconds {
         tokio::time::advance(Duration::from_secs(1)).await;
         let now_secs = table.clock().now_ms() / 1000;
-        if now_secs % 30 == 0 {
+        if now_secs.is_multiple_of(30) {
             for (app, id) in renewing {
                 table.renew(app, id, RenewalReport::default()).unwrap();
             }
@@ -222,8 +222,9 @@ async fn a_reported_status_applies_when_no_override_is_set() {
 #[tokio::test(start_paused = true)]
 async fn watchers_are_told_of_cancellation_and_eviction_in_order() {
     let table = table(without_preservation());
-    let (mut changes, backlog, _) = table.subscribe(None);
-    assert_eq!(backlog, Some(Vec::new()));
+    let subscription = table.subscribe(None);
+    assert_eq!(subscription.backlog, Some(Vec::new()));
+    let mut changes = subscription.receiver;
     table.register(instance("ORDERS", "a")).unwrap();
     table.register(instance("ORDERS", "b")).unwrap();
     table.cancel("ORDERS", "a").unwrap();
