@@ -174,10 +174,7 @@ fn port_json(port: Port) -> PortJson {
 pub fn instance_json(instance: &Instance) -> InstanceJson<'_> {
     let metadata = if instance.metadata.is_empty() {
         let mut map = Map::new();
-        map.insert(
-            "@class".to_owned(),
-            Value::String(EMPTY_METADATA_CLASS.to_owned()),
-        );
+        map.insert("@class".to_owned(), Value::String(EMPTY_METADATA_CLASS.to_owned()));
         Value::Object(map)
     } else {
         Value::Object(
@@ -203,8 +200,7 @@ pub fn instance_json(instance: &Instance) -> InstanceJson<'_> {
         data_center_info: DataCenterJson {
             class: &instance.data_center.class,
             name: &instance.data_center.name,
-            metadata: (!instance.data_center.metadata.is_empty())
-                .then_some(&instance.data_center.metadata),
+            metadata: (!instance.data_center.metadata.is_empty()).then_some(&instance.data_center.metadata),
         },
         lease_info: LeaseInfoJson {
             renewal_interval_in_secs: lease.renewal_interval_secs,
@@ -283,9 +279,7 @@ pub fn decode_instance(value: &Value, path: &str) -> Result<Instance, DecodeErro
     let status = fields.optional_status("status")?.unwrap_or(Status::Up);
     let overridden_status = match fields.optional_status("overriddenStatus")? {
         Some(status) => status,
-        None => fields
-            .optional_status("overriddenstatus")?
-            .unwrap_or(Status::Unknown),
+        None => fields.optional_status("overriddenstatus")?.unwrap_or(Status::Unknown),
     };
     let port = match fields.get("port") {
         Some(value) => decode_port(value, &fields.child("port"), true)?,
@@ -329,12 +323,11 @@ pub fn decode_instance(value: &Value, path: &str) -> Result<Instance, DecodeErro
         secure_health_check_url: fields.optional_string("secureHealthCheckUrl")?,
         country_id: fields.optional_i64("countryId")?.map_or(1, |id| id as i32),
         lease,
-        is_coordinating_discovery_server: fields
-            .optional_bool("isCoordinatingDiscoveryServer")?
-            .unwrap_or(false),
+        is_coordinating_discovery_server: fields.optional_bool("isCoordinatingDiscoveryServer")?.unwrap_or(false),
         last_updated_timestamp: fields.optional_u64("lastUpdatedTimestamp")?.unwrap_or(0),
         last_dirty_timestamp: fields.optional_u64("lastDirtyTimestamp")?.unwrap_or(0),
         action_type: None,
+        health_check: None,
     };
     instance.zone = instance.declared_zone();
     Ok(instance)
@@ -380,11 +373,7 @@ fn decode_data_center(value: &Value, path: &str) -> Result<DataCenter, DecodeErr
         Some(value) => decode_string_map(value, &fields.child("metadata"))?,
         None => BTreeMap::new(),
     };
-    Ok(DataCenter {
-        name,
-        class,
-        metadata,
-    })
+    Ok(DataCenter { name, class, metadata })
 }
 
 fn decode_lease(value: &Value, path: &str) -> Result<LeaseInfo, DecodeError> {
@@ -403,10 +392,7 @@ fn decode_lease(value: &Value, path: &str) -> Result<LeaseInfo, DecodeError> {
         }
     };
     Ok(LeaseInfo {
-        renewal_interval_secs: positive(
-            "renewalIntervalInSecs",
-            LeaseInfo::DEFAULT_RENEWAL_INTERVAL_SECS,
-        )?,
+        renewal_interval_secs: positive("renewalIntervalInSecs", LeaseInfo::DEFAULT_RENEWAL_INTERVAL_SECS)?,
         duration_secs: positive("durationInSecs", LeaseInfo::DEFAULT_DURATION_SECS)?,
         ..LeaseInfo::default()
     })
@@ -523,9 +509,7 @@ impl<'a> Fields<'a> {
     }
 
     fn optional_u64(&self, key: &str) -> Result<Option<u64>, DecodeError> {
-        self.get(key)
-            .map(|value| to_u64(value, &self.child(key)))
-            .transpose()
+        self.get(key).map(|value| to_u64(value, &self.child(key))).transpose()
     }
 
     fn optional_i64(&self, key: &str) -> Result<Option<i64>, DecodeError> {
@@ -613,10 +597,7 @@ mod tests {
         );
         assert_eq!(instance.lease.renewal_interval_secs, 5);
         assert_eq!(instance.zone.as_deref(), Some("eu-west-1a"));
-        assert_eq!(
-            instance.metadata.get("version").map(String::as_str),
-            Some("3")
-        );
+        assert_eq!(instance.metadata.get("version").map(String::as_str), Some("3"));
         assert!(!instance.metadata.contains_key("@class"));
         assert_eq!(instance.last_dirty_timestamp, 1_700_000_000_000);
         assert_eq!(instance.status, Status::Starting);
@@ -665,10 +646,7 @@ mod tests {
         assert_eq!(json["port"], json!({"$": 7001, "@enabled": "false"}));
         assert_eq!(json["lastDirtyTimestamp"], json!("42"));
         assert_eq!(json["metadata"], json!({"@class": EMPTY_METADATA_CLASS}));
-        assert_eq!(
-            json["dataCenterInfo"]["@class"],
-            json!(DataCenter::DEFAULT_CLASS)
-        );
+        assert_eq!(json["dataCenterInfo"]["@class"], json!(DataCenter::DEFAULT_CLASS));
         assert_eq!(json["overriddenstatus"], json!("UNKNOWN"));
         let round_trip = decode_instance(&json, "instance").unwrap();
         assert_eq!(round_trip, instance);
@@ -676,8 +654,7 @@ mod tests {
 
     #[test]
     fn hash_code_counts_statuses_in_name_order() {
-        let hash =
-            reconcile_hash_code([Status::Up, Status::Down, Status::Up, Status::OutOfService]);
+        let hash = reconcile_hash_code([Status::Up, Status::Down, Status::Up, Status::OutOfService]);
         assert_eq!(hash, "DOWN_1_OUT_OF_SERVICE_1_UP_2_");
         assert_eq!(reconcile_hash_code([]), "");
     }

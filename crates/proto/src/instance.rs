@@ -7,9 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// The life-cycle status of an instance, as Eureka names it.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Ready to take traffic.
@@ -115,8 +113,7 @@ impl Default for DataCenter {
 
 impl DataCenter {
     /// The class name of Eureka's default data-center info.
-    pub const DEFAULT_CLASS: &'static str =
-        "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo";
+    pub const DEFAULT_CLASS: &'static str = "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo";
 }
 
 /// The lease an instance holds: how often it renews, how long a renewal lasts, and when
@@ -249,6 +246,27 @@ pub struct Instance {
     /// What happened to it last, in deltas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_type: Option<ActionType>,
+    /// The registry's active health check, for an instance that opted in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthVerdict>,
+}
+
+/// The verdict of the registry's active health check of an instance.
+///
+/// While `passing` is false the instance's status is DOWN (unless an operator's
+/// override is in force); when it passes again the instance gets back the status it
+/// reported itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthVerdict {
+    /// Whether the checks pass.
+    pub passing: bool,
+    /// When the verdict last changed (ms since the epoch).
+    pub since: u64,
+    /// Why it fails, or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// The status the instance reported itself.
+    pub reported_status: Status,
 }
 
 fn default_country_id() -> i32 {

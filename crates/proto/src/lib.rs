@@ -9,6 +9,7 @@ pub mod error;
 pub mod eureka;
 pub mod instance;
 pub mod registry;
+pub mod replication;
 
 pub use error::ErrorBody;
 pub use instance::{DataCenter, Instance, LeaseInfo, Port, Status, StatusParseError};

@@ -177,4 +177,7 @@ pub struct RegistryStatus {
     pub evictions_total: u64,
     /// When the registry started (ms since the epoch).
     pub started_at: u64,
+    /// The cluster, when peers are configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::replication::ClusterView>,
 }

@@ -11,8 +11,7 @@ use axum::{Json, Router};
 use http::header::CONTENT_TYPE;
 use rtalpha_proto::instance::Port;
 use rtalpha_proto::registry::{
-    AppView, AppsView, Delta, InstanceView, MetadataPatch, Registration, RegistryStatus,
-    StatusOverride,
+    AppView, AppsView, Delta, InstanceView, MetadataPatch, Registration, RegistryStatus, StatusOverride,
 };
 use rtalpha_proto::{DataCenter, Instance, LeaseInfo, Status};
 use rtalpha_runtime::ApiError;
@@ -29,14 +28,8 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/apps/{app}", get(get_app).post(register))
         .route("/v1/apps/{app}/{id}", get(get_instance).delete(cancel))
         .route("/v1/apps/{app}/{id}/heartbeat", put(heartbeat))
-        .route(
-            "/v1/apps/{app}/{id}/status",
-            put(set_status).delete(clear_status),
-        )
-        .route(
-            "/v1/apps/{app}/{id}/metadata",
-            axum::routing::patch(update_metadata),
-        )
+        .route("/v1/apps/{app}/{id}/status", put(set_status).delete(clear_status))
+        .route("/v1/apps/{app}/{id}/metadata", axum::routing::patch(update_metadata))
         .route("/v1/delta", get(delta))
         .route("/v1/status", get(status))
         .route("/v1/watch", get(watch_all))
@@ -62,13 +55,10 @@ struct BlockingQuery {
     wait: Option<String>,
 }
 
-async fn list_apps(
-    State(state): State<AppState>,
-    Query(query): Query<BlockingQuery>,
-) -> Result<Response, ApiError> {
+async fn list_apps(State(state): State<AppState>, Query(query): Query<BlockingQuery>) -> Result<Response, ApiError> {
     if let Some(index) = query.index {
-        let wait = watch::parse_wait(query.wait.as_deref(), state.settings.max_wait)?
-            .unwrap_or(state.settings.max_wait);
+        let wait =
+            watch::parse_wait(query.wait.as_deref(), state.settings.max_wait)?.unwrap_or(state.settings.max_wait);
         watch::block_until_past(&state, index, wait, || state.table.index()).await;
     }
     let index = state.table.index();
@@ -85,10 +75,7 @@ async fn list_apps(
             index: view.index(),
             apps,
         };
-        (
-            view.index(),
-            serde_json::to_vec(&body).unwrap_or_default().into(),
-        )
+        (view.index(), serde_json::to_vec(&body).unwrap_or_default().into())
     });
     Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response())
 }
@@ -100,23 +87,16 @@ async fn get_app(
 ) -> Result<Json<AppsView>, ApiError> {
     let app = app.to_ascii_uppercase();
     if let Some(index) = query.index {
-        let wait = watch::parse_wait(query.wait.as_deref(), state.settings.max_wait)?
-            .unwrap_or(state.settings.max_wait);
+        let wait =
+            watch::parse_wait(query.wait.as_deref(), state.settings.max_wait)?.unwrap_or(state.settings.max_wait);
         watch::block_until_past(&state, index, wait, || {
-            state
-                .table
-                .read()
-                .app(&app)
-                .map_or(0, |(app_index, _)| app_index)
+            state.table.read().app(&app).map_or(0, |(app_index, _)| app_index)
         })
         .await;
     }
     let view = state.table.read();
     let apps = match view.app(&app) {
-        Some((_, instances)) => vec![AppView {
-            name: app,
-            instances,
-        }],
+        Some((_, instances)) => vec![AppView { name: app, instances }],
         None if query.index.is_some() => Vec::new(),
         None => return Err(TableError::UnknownApp(app).into()),
     };
@@ -142,10 +122,7 @@ async fn get_instance(
 }
 
 /// Builds the registry's record from a native registration.
-pub fn instance_from_registration(
-    app: &str,
-    registration: Registration,
-) -> Result<Instance, ApiError> {
+pub fn instance_from_registration(app: &str, registration: Registration) -> Result<Instance, ApiError> {
     if registration.host_name.trim().is_empty() {
         return Err(ApiError::bad_request("field `host_name` must not be empty"));
     }
@@ -167,14 +144,10 @@ pub fn instance_from_registration(
         .filter(|id| !id.is_empty())
         .unwrap_or_else(|| format!("{}:{}", registration.host_name, port.unwrap_or(0)));
     Ok(Instance {
-        vip_address: registration
-            .vip_address
-            .or_else(|| Some(app.to_ascii_lowercase())),
+        vip_address: registration.vip_address.or_else(|| Some(app.to_ascii_lowercase())),
         app,
         instance_id,
-        ip_addr: registration
-            .ip_addr
-            .unwrap_or_else(|| registration.host_name.clone()),
+        ip_addr: registration.ip_addr.unwrap_or_else(|| registration.host_name.clone()),
         host_name: registration.host_name,
         port: Port {
             number: port.unwrap_or(0),
@@ -204,6 +177,7 @@ pub fn instance_from_registration(
         last_updated_timestamp: 0,
         last_dirty_timestamp: 0,
         action_type: None,
+        health_check: None,
     })
 }
 
@@ -214,7 +188,7 @@ async fn register(
 ) -> Result<Json<InstanceView>, ApiError> {
     let instance = instance_from_registration(&app, body(payload)?)?;
     let (app, id) = (instance.app.clone(), instance.instance_id.clone());
-    state.table.register(instance);
+    state.register(instance);
     let view = state.table.read();
     let instance = view
         .instance(&app, &id)
@@ -232,9 +206,7 @@ struct HeartbeatQuery {
 
 fn parse_status(text: &str, parameter: &str) -> Result<Status, ApiError> {
     text.parse()
-        .map_err(|err: rtalpha_proto::StatusParseError| {
-            ApiError::bad_request(format!("{parameter}: {err}"))
-        })
+        .map_err(|err: rtalpha_proto::StatusParseError| ApiError::bad_request(format!("{parameter}: {err}")))
 }
 
 async fn heartbeat(
@@ -252,21 +224,16 @@ async fn heartbeat(
         last_dirty_timestamp: None,
     };
     let app = app.to_ascii_uppercase();
-    match state.table.renew(&app, &id, report)? {
-        Renewal::Renewed => {
-            Ok(Json(serde_json::json!({"index": state.table.index()})).into_response())
-        }
+    match state.renew(&app, &id, report)? {
+        Renewal::Renewed => Ok(Json(serde_json::json!({"index": state.table.index()})).into_response()),
         Renewal::MustRegister => Err(ApiError::not_found(format!(
             "instance `{id}` of app `{app}` must register again"
         ))),
     }
 }
 
-async fn cancel(
-    State(state): State<AppState>,
-    Path((app, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let change = state.table.cancel(&app.to_ascii_uppercase(), &id)?;
+async fn cancel(State(state): State<AppState>, Path((app, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+    let change = state.cancel(&app.to_ascii_uppercase(), &id)?;
     Ok(Json(serde_json::json!({"index": change.index})).into_response())
 }
 
@@ -277,7 +244,7 @@ async fn set_status(
 ) -> Result<Json<InstanceView>, ApiError> {
     let status = body(payload)?.status;
     let app = app.to_ascii_uppercase();
-    state.table.set_override(&app, &id, status)?;
+    state.set_override(&app, &id, status)?;
     get_instance(State(state), Path((app, id))).await
 }
 
@@ -293,7 +260,7 @@ async fn clear_status(
         .transpose()?
         .unwrap_or(Status::Up);
     let app = app.to_ascii_uppercase();
-    state.table.clear_override(&app, &id, Some(status))?;
+    state.clear_override(&app, &id, Some(status))?;
     get_instance(State(state), Path((app, id))).await
 }
 
@@ -304,7 +271,7 @@ async fn update_metadata(
 ) -> Result<Json<InstanceView>, ApiError> {
     let patch = body(payload)?;
     let app = app.to_ascii_uppercase();
-    state.table.update_metadata(&app, &id, &patch)?;
+    state.update_metadata(&app, &id, &patch)?;
     get_instance(State(state), Path((app, id))).await
 }
 
@@ -317,8 +284,7 @@ async fn delta(
     State(state): State<AppState>,
     query: Result<Query<DeltaQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Delta>, ApiError> {
-    let Query(DeltaQuery { since }) =
-        query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let Query(DeltaQuery { since }) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let view = state.table.read();
     let index = view.index();
     if since > index {
@@ -331,10 +297,7 @@ async fn delta(
             index,
             since,
             resync_required: false,
-            changes: changes
-                .iter()
-                .map(|change| change.as_ref().clone())
-                .collect(),
+            changes: changes.iter().map(|change| change.as_ref().clone()).collect(),
         },
         None => Delta {
             index,
@@ -362,6 +325,7 @@ pub fn registry_status(state: &AppState) -> RegistryStatus {
         self_preservation,
         evictions_total: state.table.evictions_total(),
         started_at: state.table.started_at(),
+        cluster: state.cluster.as_ref().map(|cluster| cluster.view()),
     }
 }
 
@@ -383,11 +347,7 @@ fn resume_index(query: &WatchQuery, headers: &HeaderMap) -> Option<u64> {
     })
 }
 
-async fn watch_all(
-    State(state): State<AppState>,
-    Query(query): Query<WatchQuery>,
-    headers: HeaderMap,
-) -> Response {
+async fn watch_all(State(state): State<AppState>, Query(query): Query<WatchQuery>, headers: HeaderMap) -> Response {
     let since = resume_index(&query, &headers);
     watch::stream(state, None, since).into_response()
 }

@@ -15,11 +15,7 @@ use rtalpha_runtime::ApiError;
 use crate::server::AppState;
 
 /// Refuses a request without the configured credentials.
-pub async fn require_credentials(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_credentials(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let auth = &state.settings.auth;
     let (Some(user), Some(password)) = (&auth.username, &auth.password) else {
         return next.run(request).await;
@@ -29,17 +25,12 @@ pub async fn require_credentials(
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Basic "))
-        .and_then(|encoded| {
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded.trim())
-                .ok()
-        });
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok());
     let expected = format!("{user}:{password}");
     if presented.is_some_and(|bytes| constant_time_eq(&bytes, expected.as_bytes())) {
         return next.run(request).await;
     }
-    let mut response =
-        ApiError::unauthorized("this registry needs HTTP Basic credentials").into_response();
+    let mut response = ApiError::unauthorized("this registry needs HTTP Basic credentials").into_response();
     response.headers_mut().insert(
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"rtalpha registry\""),

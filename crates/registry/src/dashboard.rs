@@ -71,6 +71,39 @@ async fn page(State(state): State<AppState>) -> Html<String> {
         preservation.expected_renewals,
         preservation.threshold_share * 100.0,
     );
+    if let Some(cluster) = &status.cluster {
+        let _ = write!(
+            html,
+            "<h2>cluster</h2><p>node {}{}</p><table><tr><th>peer</th><th>node</th><th>reachable</th><th>backlog</th>\
+             <th>lag</th><th>last success</th><th>resync</th><th>last error</th></tr>",
+            escape(&cluster.node_id),
+            if cluster.warming_up {
+                " · warming up (no eviction)"
+            } else {
+                ""
+            },
+        );
+        for peer in &cluster.peers {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{} ms</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&peer.url),
+                escape(peer.node_id.as_deref().unwrap_or("-")),
+                if peer.reachable { "UP" } else { "DOWN" },
+                if peer.reachable { "yes" } else { "no" },
+                peer.backlog,
+                peer.lag_ms,
+                if peer.last_success == 0 {
+                    "never".to_owned()
+                } else {
+                    format!("{} ago", age(now, peer.last_success))
+                },
+                if peer.resync_pending { "pending" } else { "-" },
+                escape(peer.last_error.as_deref().unwrap_or("-")),
+            );
+        }
+        html.push_str("</table><h2>instances</h2>");
+    }
     html.push_str("<table><tr><th>app</th><th>instance</th><th>address</th><th>status</th><th>zone</th><th>lease age</th><th>last renewal</th></tr>");
     let view = state.table.read();
     for (app, instances) in view.apps() {

@@ -35,14 +35,8 @@ pub fn routes() -> Router<AppState> {
         .route("/eureka/apps/delta", get(delta))
         .route("/eureka/apps/{app}", get(one_app).post(register))
         .route("/eureka/apps/{app}/", get(one_app).post(register))
-        .route(
-            "/eureka/apps/{app}/{id}",
-            get(one_instance).put(renew).delete(cancel),
-        )
-        .route(
-            "/eureka/apps/{app}/{id}/status",
-            put(set_status).delete(clear_status),
-        )
+        .route("/eureka/apps/{app}/{id}", get(one_instance).put(renew).delete(cancel))
+        .route("/eureka/apps/{app}/{id}/status", put(set_status).delete(clear_status))
         .route("/eureka/apps/{app}/{id}/metadata", put(update_metadata))
         .route("/eureka/instances/{id}", get(instance_by_id))
         .route("/eureka/vips/{vip}", get(by_vip))
@@ -74,11 +68,7 @@ impl Format {
                 let body = serde_json::to_vec(&Value::Object(wrapped)).unwrap_or_default();
                 ([(CONTENT_TYPE, "application/json")], body).into_response()
             }
-            Format::Xml => (
-                [(CONTENT_TYPE, "application/xml")],
-                xml::to_xml(root, value),
-            )
-                .into_response(),
+            Format::Xml => ([(CONTENT_TYPE, "application/xml")], xml::to_xml(root, value)).into_response(),
         }
     }
 }
@@ -104,9 +94,7 @@ fn render_bytes(format: Format, root: &str, value: &Value) -> Bytes {
         Format::Json => {
             let mut wrapped = serde_json::Map::new();
             wrapped.insert(root.to_owned(), value.clone());
-            serde_json::to_vec(&Value::Object(wrapped))
-                .unwrap_or_default()
-                .into()
+            serde_json::to_vec(&Value::Object(wrapped)).unwrap_or_default().into()
         }
         Format::Xml => xml::to_xml(root, value).into(),
     }
@@ -121,10 +109,7 @@ async fn all_apps(State(state): State<AppState>, headers: HeaderMap) -> Response
     let index = state.table.index();
     let bytes = state.encodings.get_or_encode(encoding, index, || {
         let view = state.table.read();
-        let apps: Vec<(String, Vec<Instance>)> = view
-            .apps()
-            .map(|(name, list)| (name.to_owned(), list))
-            .collect();
+        let apps: Vec<(String, Vec<Instance>)> = view.apps().map(|(name, list)| (name.to_owned(), list)).collect();
         let hash = wire::reconcile_hash_code(view.statuses());
         let value = applications_value(view.index(), hash, &apps);
         (view.index(), render_bytes(format, "applications", &value))
@@ -153,10 +138,7 @@ async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     let apps: Vec<(String, Vec<Instance>)> = apps.into_iter().collect();
     let hash = wire::reconcile_hash_code(view.statuses());
-    Format::of(&headers).render(
-        "applications",
-        &applications_value(view.index(), hash, &apps),
-    )
+    Format::of(&headers).render("applications", &applications_value(view.index(), hash, &apps))
 }
 
 async fn one_app(
@@ -210,12 +192,7 @@ async fn instance_by_id(
     Ok(render_instance(&headers, &instance))
 }
 
-fn by_address(
-    state: &AppState,
-    headers: &HeaderMap,
-    address: &str,
-    secure: bool,
-) -> Result<Response, ApiError> {
+fn by_address(state: &AppState, headers: &HeaderMap, address: &str, secure: bool) -> Result<Response, ApiError> {
     let view = state.table.read();
     let matches = |instance: &Instance| {
         let declared = if secure {
@@ -223,10 +200,9 @@ fn by_address(
         } else {
             &instance.vip_address
         };
-        declared.as_deref().is_some_and(|list| {
-            list.split(',')
-                .any(|vip| vip.trim().eq_ignore_ascii_case(address))
-        })
+        declared
+            .as_deref()
+            .is_some_and(|list| list.split(',').any(|vip| vip.trim().eq_ignore_ascii_case(address)))
     };
     let apps: Vec<(String, Vec<Instance>)> = view
         .apps()
@@ -236,18 +212,10 @@ fn by_address(
         })
         .collect();
     if apps.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no instance has the address `{address}`"
-        )));
+        return Err(ApiError::not_found(format!("no instance has the address `{address}`")));
     }
-    let hash = wire::reconcile_hash_code(
-        apps.iter()
-            .flat_map(|(_, list)| list.iter().map(|i| i.status)),
-    );
-    Ok(Format::of(headers).render(
-        "applications",
-        &applications_value(view.index(), hash, &apps),
-    ))
+    let hash = wire::reconcile_hash_code(apps.iter().flat_map(|(_, list)| list.iter().map(|i| i.status)));
+    Ok(Format::of(headers).render("applications", &applications_value(view.index(), hash, &apps)))
 }
 
 async fn by_vip(
@@ -275,8 +243,7 @@ pub fn decode_body(headers: &HeaderMap, body: &[u8]) -> Result<Instance, ApiErro
     let value = if is_xml {
         xml::from_xml(body).map_err(|err| ApiError::bad_request(err.to_string()))?
     } else {
-        serde_json::from_slice(body)
-            .map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?
+        serde_json::from_slice(body).map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?
     };
     wire::decode_registration(&value).map_err(|err| ApiError::bad_request(err.to_string()))
 }
@@ -295,7 +262,7 @@ async fn register(
             instance.app
         )));
     }
-    state.table.register(instance);
+    state.register(instance);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -321,9 +288,7 @@ fn timestamp_parameter(text: Option<&str>) -> Result<Option<u64>, ApiError> {
     text.filter(|t| !t.is_empty())
         .map(|t| {
             t.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "query parameter `lastDirtyTimestamp`: `{t}` is not a number"
-                ))
+                ApiError::bad_request(format!("query parameter `lastDirtyTimestamp`: `{t}` is not a number"))
             })
         })
         .transpose()
@@ -339,7 +304,7 @@ async fn renew(
         last_dirty_timestamp: timestamp_parameter(query.last_dirty_timestamp.as_deref())?,
     };
     let app = app.to_ascii_uppercase();
-    match state.table.renew(&app, &id, report)? {
+    match state.renew(&app, &id, report)? {
         Renewal::Renewed => Ok(StatusCode::OK.into_response()),
         Renewal::MustRegister => Err(ApiError::not_found(format!(
             "instance `{id}` of app `{app}` must register again"
@@ -347,11 +312,8 @@ async fn renew(
     }
 }
 
-async fn cancel(
-    State(state): State<AppState>,
-    Path((app, id)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    state.table.cancel(&app.to_ascii_uppercase(), &id)?;
+async fn cancel(State(state): State<AppState>, Path((app, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+    state.cancel(&app.to_ascii_uppercase(), &id)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -362,9 +324,7 @@ async fn set_status(
 ) -> Result<Response, ApiError> {
     let status = status_parameter(query.value.as_deref(), "value")?
         .ok_or_else(|| ApiError::bad_request("query parameter `value` is required"))?;
-    state
-        .table
-        .set_override(&app.to_ascii_uppercase(), &id, status)?;
+    state.set_override(&app.to_ascii_uppercase(), &id, status)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -374,9 +334,7 @@ async fn clear_status(
     Query(query): Query<RenewQuery>,
 ) -> Result<Response, ApiError> {
     let status = status_parameter(query.value.as_deref(), "value")?;
-    state
-        .table
-        .clear_override(&app.to_ascii_uppercase(), &id, status)?;
+    state.clear_override(&app.to_ascii_uppercase(), &id, status)?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -385,12 +343,7 @@ async fn update_metadata(
     Path((app, id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let patch: MetadataPatch = query
-        .into_iter()
-        .map(|(key, value)| (key, Some(value)))
-        .collect();
-    state
-        .table
-        .update_metadata(&app.to_ascii_uppercase(), &id, &patch)?;
+    let patch: MetadataPatch = query.into_iter().map(|(key, value)| (key, Some(value))).collect();
+    state.update_metadata(&app.to_ascii_uppercase(), &id, &patch)?;
     Ok(StatusCode::OK.into_response())
 }

@@ -9,9 +9,12 @@
 pub mod api;
 mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 mod dashboard;
 pub mod eureka;
+pub mod probe;
+pub mod replication;
 pub mod server;
 pub mod table;
 pub mod watch;

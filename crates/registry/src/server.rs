@@ -1,6 +1,7 @@
 //! Assembles the registry: state, routes, background tasks, and `run`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +11,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use bytes::Bytes;
 use http::HeaderValue;
-use rtalpha_proto::registry::INDEX_HEADER;
+use rtalpha_proto::registry::{Change, INDEX_HEADER, MetadataPatch};
+use rtalpha_proto::replication::ReplicationItem;
+use rtalpha_proto::{Instance, Status};
 use rtalpha_runtime::Health;
 use rtalpha_runtime::health::HealthState;
 use rtalpha_runtime::http::{ServeOptions, serve};
@@ -18,9 +21,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::cluster::Cluster;
 use crate::config::{Config, RegistrySettings};
-use crate::table::LeaseTable;
-use crate::{api, auth, dashboard, eureka};
+use crate::table::{LeaseTable, Renewal, RenewalReport, TableError, TableSettings};
+use crate::{api, auth, dashboard, eureka, probe, replication};
 
 /// How often renewals are sampled for the self-preservation window.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,6 +40,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Encoded full fetches by format, valid for one version index.
     pub encodings: Arc<EncodingCache>,
+    /// The cluster, when peers are configured.
+    pub cluster: Option<Arc<Cluster>>,
+    node_id: Arc<str>,
 }
 
 /// The formats a whole-registry answer is encoded in.
@@ -58,12 +65,7 @@ pub struct EncodingCache {
 
 impl EncodingCache {
     /// The encoding at `index`, made by `encode` if not already held.
-    pub fn get_or_encode(
-        &self,
-        encoding: Encoding,
-        index: u64,
-        encode: impl FnOnce() -> (u64, Bytes),
-    ) -> Bytes {
+    pub fn get_or_encode(&self, encoding: Encoding, index: u64, encode: impl FnOnce() -> (u64, Bytes)) -> Bytes {
         if let Some((held, bytes)) = self.lock().get(&encoding)
             && *held == index
         {
@@ -77,27 +79,156 @@ impl EncodingCache {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Encoding, (u64, Bytes)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl AppState {
-    /// Fresh state for the given settings.
-    pub fn new(settings: RegistrySettings, shutdown: CancellationToken) -> Self {
+    /// Fresh state for the given settings; `own_authorities` are the `host:port` forms
+    /// under which peers may list this node.
+    pub fn new(
+        settings: RegistrySettings,
+        node_id: String,
+        own_authorities: &[String],
+        shutdown: CancellationToken,
+    ) -> Self {
         let table = LeaseTable::new(
             Clock::new(),
-            settings.delta_retention,
-            settings.self_preservation.clone(),
+            TableSettings {
+                delta_retention: settings.delta_retention,
+                tombstone_retention: settings.cluster.tombstone_retention,
+                preservation: settings.self_preservation.clone(),
+            },
         );
+        let table = Arc::new(table);
+        let cluster = (!settings.peers.is_empty()).then(|| {
+            Arc::new(Cluster::new(
+                node_id.clone(),
+                table.clone(),
+                &settings.peers,
+                own_authorities,
+                settings.cluster.clone(),
+            ))
+        });
         AppState {
-            table: Arc::new(table),
+            table,
             settings: Arc::new(settings),
             shutdown,
             encodings: Arc::new(EncodingCache::default()),
+            cluster,
+            node_id: node_id.into(),
         }
     }
+
+    /// This node's id in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Registers a local instance and replicates it (a re-registration that changes
+    /// nothing still renews the lease, on every node).
+    pub fn register(&self, instance: Instance) {
+        let (app, id) = (instance.app.clone(), instance.instance_id.clone());
+        match self.table.register(instance) {
+            Some(change) => self.replicate(Some(&change)),
+            None => self.replicate_renewal(&app, &id),
+        }
+    }
+
+    /// Renews a local lease and replicates the renewal.
+    pub fn renew(&self, app: &str, id: &str, report: RenewalReport) -> Result<Renewal, TableError> {
+        let (renewal, change) = self.table.renew_reporting(app, id, report)?;
+        if renewal == Renewal::Renewed {
+            self.replicate(change.as_ref());
+            self.replicate_renewal(app, id);
+        }
+        Ok(renewal)
+    }
+
+    /// Cancels a local lease and replicates the cancellation.
+    pub fn cancel(&self, app: &str, id: &str) -> Result<Arc<Change>, TableError> {
+        let change = self.table.cancel(app, id)?;
+        self.replicate(Some(&change));
+        Ok(change)
+    }
+
+    /// Sets an override and replicates the record.
+    pub fn set_override(&self, app: &str, id: &str, status: Status) -> Result<(), TableError> {
+        let change = self.table.set_override(app, id, status)?;
+        self.replicate(change.as_ref());
+        Ok(())
+    }
+
+    /// Clears an override and replicates the record.
+    pub fn clear_override(&self, app: &str, id: &str, status: Option<Status>) -> Result<(), TableError> {
+        let change = self.table.clear_override(app, id, status)?;
+        self.replicate(change.as_ref());
+        Ok(())
+    }
+
+    /// Updates metadata and replicates the record.
+    pub fn update_metadata(&self, app: &str, id: &str, patch: &MetadataPatch) -> Result<(), TableError> {
+        let change = self.table.update_metadata(app, id, patch)?;
+        self.replicate(change.as_ref());
+        Ok(())
+    }
+
+    /// Sends a local change to the peers.
+    pub fn replicate(&self, change: Option<&Arc<Change>>) {
+        if let (Some(cluster), Some(change)) = (&self.cluster, change) {
+            cluster.replicate_change(change);
+        }
+    }
+
+    /// Sends a local renewal to the peers.
+    pub fn replicate_renewal(&self, app: &str, id: &str) {
+        let Some(cluster) = &self.cluster else { return };
+        let Some(dirty) = self.table.read().last_dirty(app, id) else {
+            return;
+        };
+        cluster.replicate(ReplicationItem::Renew {
+            app: app.to_owned(),
+            instance_id: id.to_owned(),
+            last_dirty_timestamp: dirty,
+            renewed_at: self.table.clock().now_ms(),
+        });
+    }
+}
+
+/// The node id: configured, or the bind address (the host name when bound to every
+/// interface, so that nodes on different hosts differ).
+pub fn node_id_for(config: &Config, local: SocketAddr) -> String {
+    if let Some(id) = &config.registry.cluster.node_id {
+        return id.clone();
+    }
+    if local.ip().is_unspecified() {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        return format!("{host}:{}", local.port());
+    }
+    local.to_string()
+}
+
+/// The `host:port` forms under which this node may appear in its own peer list.
+fn own_authorities(local: SocketAddr) -> Vec<String> {
+    let port = local.port();
+    let mut names = vec![local.to_string()];
+    if local.ip().is_loopback() || local.ip().is_unspecified() {
+        names.extend([
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    if local.ip().is_unspecified()
+        && let Ok(host) = nix::unistd::gethostname()
+        && let Ok(host) = host.into_string()
+    {
+        names.push(format!("{host}:{port}"));
+    }
+    names
 }
 
 /// The registry's routes, without the platform layers.
@@ -106,11 +237,9 @@ pub fn routes(state: AppState) -> Router {
         .merge(api::routes())
         .merge(eureka::routes())
         .merge(dashboard::routes())
+        .merge(replication::routes())
         .layer(middleware::from_fn_with_state(state.clone(), index_header))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_credentials,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_credentials))
         .with_state(state)
 }
 
@@ -124,16 +253,39 @@ async fn index_header(State(state): State<AppState>, request: Request, next: Nex
 }
 
 /// Runs the registry on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let state = AppState::new(config.registry.clone(), shutdown.clone());
+///
+/// With peers, the node serves at once (so that peers starting at the same time can
+/// copy from it) but reports ready only after it has taken a copy from a peer, or
+/// given up trying for `registry.cluster.sync_timeout`.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    let node_id = node_id_for(&config, local);
+    let state = AppState::new(
+        config.registry.clone(),
+        node_id,
+        &own_authorities(local),
+        shutdown.clone(),
+    );
     let health = Health::new();
     health.set("self_preservation", HealthState::Up, "");
-    let tasks = spawn_background(&state, &health, &config.registry);
-    health.set_ready(true);
+    let mut tasks = spawn_background(&state, &health, &config.registry);
+    match state.cluster.clone() {
+        Some(cluster) => {
+            health.set("cluster", HealthState::Up, "warming up");
+            let (ready, token, warm_state) = (health.clone(), shutdown.clone(), state.clone());
+            tasks.push(tokio::spawn(async move {
+                let source = cluster.warm_up(&token).await;
+                let detail = source.map_or_else(
+                    || "no peer answered at start".to_owned(),
+                    |peer| format!("copied from {peer}"),
+                );
+                ready.set("cluster", HealthState::Up, detail);
+                ready.set_ready(true);
+                tasks_after_warm_up(&warm_state, &cluster, &ready, &token).await;
+            }));
+        }
+        None => health.set_ready(true),
+    }
     let options = ServeOptions {
         max_body_bytes: config.server.max_body_bytes,
         shutdown_grace: config.server.shutdown_grace,
@@ -145,6 +297,44 @@ pub async fn run(
         let _ = task.await;
     }
     result
+}
+
+/// Replication, anti-entropy and health reporting of the cluster, once warmed up.
+async fn tasks_after_warm_up(state: &AppState, cluster: &Arc<Cluster>, health: &Health, shutdown: &CancellationToken) {
+    let workers = cluster.spawn(shutdown);
+    let prober = probe::spawn(state.clone(), Some(cluster.clone()));
+    let mut ticks = tokio::time::interval(SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        cluster.record_metrics();
+        let view = cluster.view();
+        let unreachable: Vec<&str> = view
+            .peers
+            .iter()
+            .filter(|p| !p.reachable)
+            .map(|p| p.url.as_str())
+            .collect();
+        if unreachable.is_empty() {
+            health.set(
+                "cluster",
+                HealthState::Up,
+                format!("{} peers reachable", view.peers.len()),
+            );
+        } else {
+            health.set(
+                "cluster",
+                HealthState::Degraded,
+                format!("unreachable: {}", unreachable.join(", ")),
+            );
+        }
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    let _ = prober.await;
 }
 
 fn spawn_background(
@@ -180,21 +370,24 @@ fn spawn_background(
                 }
                 let sweep = table.sweep();
                 let judgement = &sweep.self_preservation;
-                metrics::gauge!("rtalpha_registry_instances")
-                    .set(table.read().instance_count() as f64);
-                metrics::gauge!("rtalpha_registry_self_preservation_active")
-                    .set(if judgement.active { 1.0 } else { 0.0 });
-                metrics::gauge!("rtalpha_registry_renewals_in_window")
-                    .set(judgement.renewals_in_window as f64);
-                metrics::gauge!("rtalpha_registry_expected_renewals")
-                    .set(judgement.expected_renewals);
+                metrics::gauge!("rtalpha_registry_instances").set(table.read().instance_count() as f64);
+                metrics::gauge!("rtalpha_registry_self_preservation_active").set(if judgement.active {
+                    1.0
+                } else {
+                    0.0
+                });
+                metrics::gauge!("rtalpha_registry_renewals_in_window").set(judgement.renewals_in_window as f64);
+                metrics::gauge!("rtalpha_registry_expected_renewals").set(judgement.expected_renewals);
                 if judgement.active {
                     health.set(
                         "self_preservation",
                         HealthState::Degraded,
                         format!(
                             "engaged: {} renewals in the last {} s, {:.0} expected; {} expired leases kept",
-                            judgement.renewals_in_window, judgement.window_secs, judgement.expected_renewals, sweep.spared
+                            judgement.renewals_in_window,
+                            judgement.window_secs,
+                            judgement.expected_renewals,
+                            sweep.spared
                         ),
                     );
                 } else {
@@ -203,5 +396,9 @@ fn spawn_background(
             }
         })
     };
-    vec![sampler, sweeper]
+    let mut tasks = vec![sampler, sweeper];
+    if state.cluster.is_none() {
+        tasks.push(probe::spawn(state.clone(), None));
+    }
+    tasks
 }

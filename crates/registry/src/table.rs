@@ -7,13 +7,15 @@
 //! the hot path: they take only the read lock and store the renewal time in an atomic,
 //! because a renewal changes no version and is invisible to watchers.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use rtalpha_proto::instance::ActionType;
+use rtalpha_proto::instance::HealthVerdict;
 use rtalpha_proto::registry::{Change, ChangeKind, MetadataPatch, SelfPreservation};
+use rtalpha_proto::replication::{DigestEntry, Snapshot, Stamp, Tombstone};
 use rtalpha_proto::{Instance, Status};
 use tokio::sync::{broadcast, watch};
 
@@ -37,6 +39,30 @@ pub enum TableError {
     /// No such app.
     #[error("app `{0}` is not registered")]
     UnknownApp(String),
+}
+
+/// The metadata key by which an instance opts in to active health checks (`http`).
+pub const HEALTH_CHECK_KEY: &str = "rtalpha.health-check";
+/// The metadata key that overrides the probe interval for one instance (`5s`).
+pub const HEALTH_CHECK_INTERVAL_KEY: &str = "rtalpha.health-check.interval";
+/// The metadata key that overrides the probe timeout for one instance (`1s`).
+pub const HEALTH_CHECK_TIMEOUT_KEY: &str = "rtalpha.health-check.timeout";
+
+/// An instance to probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckTarget {
+    /// The app.
+    pub app: String,
+    /// The instance id.
+    pub instance_id: String,
+    /// Its health-check URL.
+    pub url: String,
+    /// Its own probe interval, unparsed.
+    pub interval: Option<String>,
+    /// Its own probe timeout, unparsed.
+    pub timeout: Option<String>,
+    /// The verdict held now (`None` before the first).
+    pub passing: Option<bool>,
 }
 
 /// What a renewal found.
@@ -83,8 +109,7 @@ impl Lease {
     }
 
     fn expires_at(&self) -> u64 {
-        self.last_renewal_ms.load(Ordering::Relaxed)
-            + u64::from(self.instance.lease.duration_secs) * 1000
+        self.last_renewal_ms.load(Ordering::Relaxed) + u64::from(self.instance.lease.duration_secs) * 1000
     }
 }
 
@@ -99,12 +124,14 @@ struct App {
 struct State {
     index: u64,
     apps: BTreeMap<String, App>,
-    /// Recent changes, oldest first.
-    log: VecDeque<Arc<Change>>,
+    /// Recent changes with the time they were committed, oldest first.
+    log: VecDeque<(u64, Arc<Change>)>,
     /// The highest index no longer in the log.
     pruned_through: u64,
     self_preservation_active: bool,
     last_judgement: Option<SelfPreservation>,
+    /// Cancelled instances by `(app, id)`, so that anti-entropy does not revive them.
+    tombstones: HashMap<(String, String), Tombstone>,
 }
 
 /// Renewals counted in one-second steps, for the self-preservation window.
@@ -115,6 +142,28 @@ struct RenewalMeter {
     samples: RwLock<VecDeque<(u64, u64)>>,
 }
 
+/// How long the table remembers, and when it suspends eviction.
+#[derive(Debug, Clone)]
+pub struct TableSettings {
+    /// How long changes are kept for deltas and watch resumption.
+    pub delta_retention: Duration,
+    /// How long a cancellation is remembered for anti-entropy.
+    pub tombstone_retention: Duration,
+    /// Self-preservation.
+    pub preservation: SelfPreservationSettings,
+}
+
+/// What applying a peer's record or cancellation came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// Stored; the change, if the record differed from the one held.
+    Stored(Option<Arc<Change>>),
+    /// Refused: this table holds a newer record.
+    NewerRecord(Box<Instance>),
+    /// Refused: this table holds a newer cancellation.
+    NewerTombstone(Tombstone),
+}
+
 /// The registry's state. Cheap to share: wrap it in an `Arc`.
 #[derive(Debug)]
 pub struct LeaseTable {
@@ -122,7 +171,10 @@ pub struct LeaseTable {
     clock: Clock,
     started_at: u64,
     delta_retention_ms: u64,
+    tombstone_retention_ms: u64,
     preservation: SelfPreservationSettings,
+    /// No eviction before this time (ms since the epoch): the warm-up period.
+    evict_after: AtomicU64,
     changes: broadcast::Sender<Arc<Change>>,
     version: watch::Sender<u64>,
     renewals: RenewalMeter,
@@ -165,32 +217,23 @@ impl ReadView<'_> {
 
     /// Every app name with its instances, ordered by name and id.
     pub fn apps(&self) -> impl Iterator<Item = (&str, Vec<Instance>)> {
-        self.state.apps.iter().map(|(name, app)| {
-            (
-                name.as_str(),
-                app.instances.values().map(Lease::snapshot).collect(),
-            )
-        })
+        self.state
+            .apps
+            .iter()
+            .map(|(name, app)| (name.as_str(), app.instances.values().map(Lease::snapshot).collect()))
     }
 
     /// One app's instances and the index of its last change.
     pub fn app(&self, name: &str) -> Option<(u64, Vec<Instance>)> {
-        self.state.apps.get(name).map(|app| {
-            (
-                app.index,
-                app.instances.values().map(Lease::snapshot).collect(),
-            )
-        })
+        self.state
+            .apps
+            .get(name)
+            .map(|app| (app.index, app.instances.values().map(Lease::snapshot).collect()))
     }
 
     /// One instance.
     pub fn instance(&self, app: &str, id: &str) -> Option<Instance> {
-        self.state
-            .apps
-            .get(app)?
-            .instances
-            .get(id)
-            .map(Lease::snapshot)
+        self.state.apps.get(app)?.instances.get(id).map(Lease::snapshot)
     }
 
     /// The first instance with this id in any app (Eureka's `/instances/{id}`).
@@ -199,6 +242,43 @@ impl ReadView<'_> {
             .apps
             .values()
             .find_map(|app| app.instances.get(id).map(Lease::snapshot))
+    }
+
+    /// The `lastDirtyTimestamp` of an instance's record, without copying the record.
+    pub fn last_dirty(&self, app: &str, id: &str) -> Option<u64> {
+        self.state
+            .apps
+            .get(app)?
+            .instances
+            .get(id)
+            .map(|lease| lease.instance.last_dirty_timestamp)
+    }
+
+    /// The instances that opted in to active health checks (metadata
+    /// `rtalpha.health-check: http` and a health-check URL), with their current verdict.
+    pub fn health_check_targets(&self) -> Vec<HealthCheckTarget> {
+        self.state
+            .apps
+            .iter()
+            .flat_map(|(app, entry)| {
+                entry.instances.iter().filter_map(move |(id, lease)| {
+                    let instance = &lease.instance;
+                    let opted_in = instance
+                        .metadata
+                        .get(HEALTH_CHECK_KEY)
+                        .is_some_and(|kind| kind.eq_ignore_ascii_case("http"));
+                    let url = instance.health_check_url.as_ref().filter(|_| opted_in)?;
+                    Some(HealthCheckTarget {
+                        app: app.clone(),
+                        instance_id: id.clone(),
+                        url: url.clone(),
+                        interval: instance.metadata.get(HEALTH_CHECK_INTERVAL_KEY).cloned(),
+                        timeout: instance.metadata.get(HEALTH_CHECK_TIMEOUT_KEY).cloned(),
+                        passing: instance.health_check.as_ref().map(|verdict| verdict.passing),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Every instance's status, for the reconcile hash code.
@@ -211,11 +291,7 @@ impl ReadView<'_> {
 
     /// How many instances are registered.
     pub fn instance_count(&self) -> usize {
-        self.state
-            .apps
-            .values()
-            .map(|app| app.instances.len())
-            .sum()
+        self.state.apps.values().map(|app| app.instances.len()).sum()
     }
 
     /// The changes after `since`, or `None` when some of them are no longer kept.
@@ -223,26 +299,30 @@ impl ReadView<'_> {
         if since < self.state.pruned_through {
             return None;
         }
-        let start = self
-            .state
-            .log
-            .partition_point(|change| change.index <= since);
-        Some(self.state.log.range(start..).cloned().collect())
+        let start = self.state.log.partition_point(|(_, change)| change.index <= since);
+        Some(
+            self.state
+                .log
+                .range(start..)
+                .map(|(_, change)| change.clone())
+                .collect(),
+        )
     }
 
     /// Every change still kept, oldest first.
     pub fn recent_changes(&self) -> impl Iterator<Item = &Arc<Change>> {
-        self.state.log.iter()
+        self.state.log.iter().map(|(_, change)| change)
     }
 }
 
 impl LeaseTable {
     /// An empty table.
-    pub fn new(
-        clock: Clock,
-        delta_retention: Duration,
-        preservation: SelfPreservationSettings,
-    ) -> Self {
+    pub fn new(clock: Clock, settings: TableSettings) -> Self {
+        let TableSettings {
+            delta_retention,
+            tombstone_retention,
+            preservation,
+        } = settings;
         let (changes, _) = broadcast::channel(WATCH_BACKLOG);
         let (version, _) = watch::channel(0);
         let started_at = clock.now_ms();
@@ -251,7 +331,9 @@ impl LeaseTable {
             clock,
             started_at,
             delta_retention_ms: delta_retention.as_millis() as u64,
+            tombstone_retention_ms: tombstone_retention.as_millis() as u64,
             preservation,
+            evict_after: AtomicU64::new(0),
             changes,
             version,
             renewals: RenewalMeter {
@@ -275,17 +357,12 @@ impl LeaseTable {
     /// A consistent read of everything.
     pub fn read(&self) -> ReadView<'_> {
         ReadView {
-            state: self
-                .state
-                .read()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            state: self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()),
         }
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The version index now.
@@ -324,9 +401,7 @@ impl LeaseTable {
         if let Some(previous) = previous {
             previous.last_renewal_ms.store(now, Ordering::Relaxed);
             let held = &previous.instance;
-            if instance.last_dirty_timestamp != 0
-                && instance.last_dirty_timestamp < held.last_dirty_timestamp
-            {
+            if instance.last_dirty_timestamp != 0 && instance.last_dirty_timestamp < held.last_dirty_timestamp {
                 return None;
             }
             // An operator's override outlives re-registration, as in Eureka.
@@ -335,6 +410,16 @@ impl LeaseTable {
             }
             instance.lease.registration_timestamp = held.lease.registration_timestamp;
             instance.lease.service_up_timestamp = held.lease.service_up_timestamp;
+            // The registry's health verdict outlives re-registration too; while it fails,
+            // what the instance reports is remembered for when it passes again.
+            if let Some(verdict) = &held.health_check {
+                let mut verdict = verdict.clone();
+                verdict.reported_status = instance.status;
+                if !verdict.passing {
+                    instance.status = Status::Down;
+                }
+                instance.health_check = Some(verdict);
+            }
         } else {
             instance.lease.registration_timestamp = now;
             instance.lease.service_up_timestamp = 0;
@@ -346,13 +431,19 @@ impl LeaseTable {
             instance.lease.service_up_timestamp = now;
         }
         if instance.last_dirty_timestamp == 0 {
-            instance.last_dirty_timestamp = now;
+            // A client that sends no dirty timestamp keeps the one held, or gets now.
+            instance.last_dirty_timestamp = previous.map_or(now, |held| held.instance.last_dirty_timestamp);
         }
         instance.lease.last_renewal_timestamp = now;
         instance.lease.eviction_timestamp = 0;
         instance.zone = instance.declared_zone();
         let kind = match previous {
-            Some(previous) if same_record(&previous.instance, &instance) => return None,
+            Some(previous)
+                if same_record(&previous.instance, &instance)
+                    && previous.instance.last_dirty_timestamp == instance.last_dirty_timestamp =>
+            {
+                return None;
+            }
             Some(_) => ChangeKind::Modified,
             None => ChangeKind::Registered,
         };
@@ -365,14 +456,24 @@ impl LeaseTable {
         instance.last_updated_timestamp = now;
         let id = instance.instance_id.clone();
         let app_name = instance.app.clone();
-        app.instances
-            .insert(id.clone(), Lease::new(instance.clone()));
+        app.instances.insert(id.clone(), Lease::new(instance.clone()));
+        state.tombstones.remove(&(app_name.clone(), id.clone()));
         Some(self.commit(&mut state, kind, app_name, id, instance, now))
     }
 
     /// Renews a lease. A renewal changes no version and notifies no one, unless the
     /// reported status differs from the one held (and no override is in force).
     pub fn renew(&self, app: &str, id: &str, report: RenewalReport) -> Result<Renewal, TableError> {
+        self.renew_reporting(app, id, report).map(|(renewal, _)| renewal)
+    }
+
+    /// [`LeaseTable::renew`], also returning the change a reported status made.
+    pub fn renew_reporting(
+        &self,
+        app: &str,
+        id: &str,
+        report: RenewalReport,
+    ) -> Result<(Renewal, Option<Arc<Change>>), TableError> {
         let now = self.clock.now_ms();
         let status_change = {
             let state = self.read().state;
@@ -385,22 +486,29 @@ impl LeaseTable {
                 .last_dirty_timestamp
                 .is_some_and(|theirs| theirs > lease.instance.last_dirty_timestamp);
             if newer_elsewhere || lease.instance.status == Status::Unknown {
-                return Ok(Renewal::MustRegister);
+                return Ok((Renewal::MustRegister, None));
             }
             lease.last_renewal_ms.store(now, Ordering::Relaxed);
             self.renewals.total.fetch_add(1, Ordering::Relaxed);
             report.status.filter(|reported| {
-                lease.instance.overridden_status == Status::Unknown
-                    && *reported != lease.instance.status
+                let shown = match &lease.instance.health_check {
+                    Some(verdict) if !verdict.passing => verdict.reported_status,
+                    _ => lease.instance.status,
+                };
+                lease.instance.overridden_status == Status::Unknown && *reported != shown
             })
         };
+        let mut change = None;
         if let Some(status) = status_change {
-            self.modify(app, id, |instance| {
-                instance.status = status;
+            change = self.modify(app, id, |instance| {
+                match &mut instance.health_check {
+                    Some(verdict) if !verdict.passing => verdict.reported_status = status,
+                    _ => instance.status = status,
+                }
                 true
             })?;
         }
-        Ok(Renewal::Renewed)
+        Ok((Renewal::Renewed, change))
     }
 
     /// Cancels a lease: the instance leaves at once and watchers are told.
@@ -409,12 +517,7 @@ impl LeaseTable {
     }
 
     /// Forces a status until the override is cleared.
-    pub fn set_override(
-        &self,
-        app: &str,
-        id: &str,
-        status: Status,
-    ) -> Result<Option<Arc<Change>>, TableError> {
+    pub fn set_override(&self, app: &str, id: &str, status: Status) -> Result<Option<Arc<Change>>, TableError> {
         self.modify(app, id, |instance| {
             let changed = instance.overridden_status != status || instance.status != status;
             instance.overridden_status = status;
@@ -433,8 +536,7 @@ impl LeaseTable {
     ) -> Result<Option<Arc<Change>>, TableError> {
         let status = status.unwrap_or(Status::Unknown);
         self.modify(app, id, |instance| {
-            let changed =
-                instance.overridden_status != Status::Unknown || instance.status != status;
+            let changed = instance.overridden_status != Status::Unknown || instance.status != status;
             instance.overridden_status = Status::Unknown;
             instance.status = status;
             changed
@@ -470,6 +572,16 @@ impl LeaseTable {
         id: &str,
         edit: impl FnOnce(&mut Instance) -> bool,
     ) -> Result<Option<Arc<Change>>, TableError> {
+        self.modify_with(app, id, true, edit)
+    }
+
+    fn modify_with(
+        &self,
+        app: &str,
+        id: &str,
+        renews: bool,
+        edit: impl FnOnce(&mut Instance) -> bool,
+    ) -> Result<Option<Arc<Change>>, TableError> {
         let now = self.clock.now_ms();
         let mut state = self.write();
         let lease = state
@@ -477,8 +589,10 @@ impl LeaseTable {
             .get_mut(app)
             .and_then(|a| a.instances.get_mut(id))
             .ok_or_else(|| unknown(app, id))?;
-        // An operator's call renews the lease, as in Eureka.
-        lease.last_renewal_ms.store(now, Ordering::Relaxed);
+        // An operator's call renews the lease, as in Eureka; a health verdict does not.
+        if renews {
+            lease.last_renewal_ms.store(now, Ordering::Relaxed);
+        }
         if !edit(&mut lease.instance) {
             return Ok(None);
         }
@@ -511,14 +625,17 @@ impl LeaseTable {
         instance.lease.eviction_timestamp = now;
         instance.last_updated_timestamp = now;
         instance.action_type = Some(ActionType::Deleted);
-        Ok(self.commit(
-            &mut state,
-            kind,
-            app.to_owned(),
-            id.to_owned(),
-            instance,
-            now,
-        ))
+        // Only a cancellation is remembered: an eviction is this node's own judgement and
+        // must not delete, through anti-entropy, a lease a peer still sees renewed.
+        if kind == ChangeKind::Cancelled {
+            let tombstone = Tombstone {
+                app: app.to_owned(),
+                instance_id: id.to_owned(),
+                stamp: Stamp::of(&instance),
+            };
+            state.tombstones.insert((app.to_owned(), id.to_owned()), tombstone);
+        }
+        Ok(self.commit(&mut state, kind, app.to_owned(), id.to_owned(), instance, now))
     }
 
     /// Bumps the index, logs the change and tells watchers, under the write lock.
@@ -543,7 +660,7 @@ impl LeaseTable {
             instance_id,
             instance,
         });
-        state.log.push_back(change.clone());
+        state.log.push_back((now, change.clone()));
         self.prune_log(state, now);
         // No receivers is not an error: nobody is watching.
         let _ = self.changes.send(change.clone());
@@ -554,8 +671,8 @@ impl LeaseTable {
 
     fn prune_log(&self, state: &mut State, now: u64) {
         let horizon = now.saturating_sub(self.delta_retention_ms);
-        while let Some(oldest) = state.log.front() {
-            if oldest.instance.last_updated_timestamp >= horizon {
+        while let Some((committed_at, oldest)) = state.log.front() {
+            if *committed_at >= horizon {
                 break;
             }
             state.pruned_through = oldest.index;
@@ -568,11 +685,7 @@ impl LeaseTable {
         let now = self.clock.now_ms();
         let total = self.renewals.total.load(Ordering::Relaxed);
         let window_ms = self.preservation.window.as_millis() as u64;
-        let mut samples = self
-            .renewals
-            .samples
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut samples = self.renewals.samples.write().unwrap_or_else(|p| p.into_inner());
         samples.push_back((now, total));
         // Keep the newest sample at or before the window's start, so the window is full.
         while samples.len() > 1 && samples[1].0 <= now.saturating_sub(window_ms) {
@@ -590,18 +703,10 @@ impl LeaseTable {
     fn judge(&self, state: &State) -> SelfPreservation {
         let now = self.clock.now_ms();
         let (window_start, total_then) = {
-            let samples = self
-                .renewals
-                .samples
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let samples = self.renewals.samples.read().unwrap_or_else(|p| p.into_inner());
             samples.front().copied().unwrap_or((self.started_at, 0))
         };
-        let renewals = self
-            .renewals
-            .total
-            .load(Ordering::Relaxed)
-            .saturating_sub(total_then);
+        let renewals = self.renewals.total.load(Ordering::Relaxed).saturating_sub(total_then);
         let span_ms = now.saturating_sub(window_start) as f64;
         // A lease younger than the window is expected to have renewed only for its age;
         // its registration counts as its first sign of life, as the meter counts it too.
@@ -679,8 +784,10 @@ impl LeaseTable {
             state.self_preservation_active = judgement.active;
             state.last_judgement = Some(judgement.clone());
             self.prune_log(&mut state, now);
+            let tombstone_horizon = now.saturating_sub(self.tombstone_retention_ms);
+            state.tombstones.retain(|_, t| t.stamp.updated >= tombstone_horizon);
         }
-        if judgement.active {
+        if judgement.active || self.warming_up() {
             return Sweep {
                 spared: expired.len(),
                 evicted: Vec::new(),
@@ -708,6 +815,206 @@ impl LeaseTable {
             evicted,
             self_preservation: judgement,
             spared: 0,
+        }
+    }
+
+    /// Suspends eviction until `until` (ms since the epoch): a node that just started
+    /// cannot yet tell a dead instance from one whose renewals go to another node.
+    pub fn suspend_eviction_until(&self, until: u64) {
+        self.evict_after.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether eviction is suspended for warm-up.
+    pub fn warming_up(&self) -> bool {
+        self.clock.now_ms() < self.evict_after.load(Ordering::Relaxed)
+    }
+
+    /// Applies a record from a peer: stored when it is at least as new as what this table
+    /// holds (the newer stamp wins), refused with the newer record or cancellation
+    /// otherwise. The record keeps the peer's timestamps, so that every node ends with
+    /// the same stamps and anti-entropy sees no difference.
+    pub fn apply_record(&self, mut instance: Instance) -> Applied {
+        let now = self.clock.now_ms();
+        let incoming = Stamp::of(&instance);
+        let key = (instance.app.clone(), instance.instance_id.clone());
+        let mut state = self.write();
+        if let Some(tombstone) = state.tombstones.get(&key)
+            && tombstone.stamp >= incoming
+        {
+            return Applied::NewerTombstone(tombstone.clone());
+        }
+        let held = state.apps.get(&key.0).and_then(|app| app.instances.get(&key.1));
+        let kind = match held {
+            Some(lease) => {
+                let held_stamp = Stamp::of(&lease.instance);
+                if held_stamp > incoming {
+                    return Applied::NewerRecord(Box::new(lease.snapshot()));
+                }
+                let renewed = lease.last_renewal_ms.load(Ordering::Relaxed);
+                instance.lease.last_renewal_timestamp = instance.lease.last_renewal_timestamp.max(renewed);
+                if held_stamp == incoming && same_record(&lease.instance, &instance) {
+                    lease
+                        .last_renewal_ms
+                        .store(instance.lease.last_renewal_timestamp, Ordering::Relaxed);
+                    return Applied::Stored(None);
+                }
+                ChangeKind::Modified
+            }
+            None => ChangeKind::Registered,
+        };
+        instance.zone = instance.declared_zone();
+        state.tombstones.remove(&key);
+        let entry = state.apps.entry(key.0.clone()).or_default();
+        entry.instances.insert(key.1.clone(), Lease::new(instance.clone()));
+        Applied::Stored(Some(self.commit(&mut state, kind, key.0, key.1, instance, now)))
+    }
+
+    /// Applies a peer's renewal. `MustRegister` when this table's record is older than
+    /// the peer's, so that the peer sends it.
+    pub fn apply_renewal(&self, app: &str, id: &str, dirty: u64, renewed_at: u64) -> Result<Renewal, TableError> {
+        let state = self.read().state;
+        let lease = state
+            .apps
+            .get(app)
+            .and_then(|a| a.instances.get(id))
+            .ok_or_else(|| unknown(app, id))?;
+        if dirty > lease.instance.last_dirty_timestamp {
+            return Ok(Renewal::MustRegister);
+        }
+        lease.last_renewal_ms.fetch_max(renewed_at, Ordering::Relaxed);
+        self.renewals.total.fetch_add(1, Ordering::Relaxed);
+        Ok(Renewal::Renewed)
+    }
+
+    /// Applies a peer's cancellation: removes the record unless it is newer than the
+    /// cancellation, and remembers the tombstone either way.
+    pub fn apply_tombstone(&self, tombstone: Tombstone) -> Applied {
+        let now = self.clock.now_ms();
+        let key = (tombstone.app.clone(), tombstone.instance_id.clone());
+        let mut state = self.write();
+        if let Some(held) = state.tombstones.get(&key)
+            && held.stamp >= tombstone.stamp
+        {
+            return Applied::Stored(None);
+        }
+        let held = state.apps.get(&key.0).and_then(|app| app.instances.get(&key.1));
+        if let Some(lease) = held
+            && Stamp::of(&lease.instance) > tombstone.stamp
+        {
+            return Applied::NewerRecord(Box::new(lease.snapshot()));
+        }
+        state.tombstones.insert(key.clone(), tombstone.clone());
+        let Some(entry) = state.apps.get_mut(&key.0) else {
+            return Applied::Stored(None);
+        };
+        let Some(lease) = entry.instances.remove(&key.1) else {
+            return Applied::Stored(None);
+        };
+        if entry.instances.is_empty() {
+            state.apps.remove(&key.0);
+        }
+        let mut instance = lease.snapshot();
+        instance.lease.eviction_timestamp = tombstone.stamp.updated;
+        instance.last_updated_timestamp = tombstone.stamp.updated;
+        instance.action_type = Some(ActionType::Deleted);
+        Applied::Stored(Some(self.commit(
+            &mut state,
+            ChangeKind::Cancelled,
+            key.0,
+            key.1,
+            instance,
+            now,
+        )))
+    }
+
+    /// Records the registry's own health verdict of an instance; a failing one makes its
+    /// status DOWN until it passes again (an operator's override still wins).
+    pub fn set_health_verdict(
+        &self,
+        app: &str,
+        id: &str,
+        passing: bool,
+        detail: &str,
+    ) -> Result<Option<Arc<Change>>, TableError> {
+        let now = self.clock.now_ms();
+        self.modify_with(app, id, false, |instance| {
+            let held = instance.health_check.as_ref().map(|v| v.passing);
+            if held == Some(passing) {
+                return false;
+            }
+            let reported = match &instance.health_check {
+                Some(verdict) if !verdict.passing => verdict.reported_status,
+                _ => instance.status,
+            };
+            instance.health_check = Some(HealthVerdict {
+                passing,
+                since: now,
+                detail: if passing { String::new() } else { detail.to_owned() },
+                reported_status: reported,
+            });
+            if instance.overridden_status == Status::Unknown {
+                instance.status = if passing { reported } else { Status::Down };
+            }
+            // A first passing verdict changes no status; it is recorded all the same.
+            true
+        })
+    }
+
+    /// Every app's entries (live records and tombstones), sorted by id.
+    pub fn digest_entries(&self) -> BTreeMap<String, Vec<DigestEntry>> {
+        let view = self.read();
+        let state = &view.state;
+        let mut apps: BTreeMap<String, BTreeMap<String, DigestEntry>> = BTreeMap::new();
+        for ((app, id), tombstone) in &state.tombstones {
+            apps.entry(app.clone()).or_default().insert(
+                id.clone(),
+                DigestEntry {
+                    instance_id: id.clone(),
+                    status: None,
+                    stamp: tombstone.stamp,
+                    deleted: true,
+                },
+            );
+        }
+        for (name, app) in &state.apps {
+            let entries = apps.entry(name.clone()).or_default();
+            for (id, lease) in &app.instances {
+                entries.insert(
+                    id.clone(),
+                    DigestEntry {
+                        instance_id: id.clone(),
+                        status: Some(lease.instance.status),
+                        stamp: Stamp::of(&lease.instance),
+                        deleted: false,
+                    },
+                );
+            }
+        }
+        apps.into_iter()
+            .map(|(app, entries)| (app, entries.into_values().collect()))
+            .collect()
+    }
+
+    /// The records and tombstones for the given keys (what is held of them).
+    pub fn records(&self, keys: &[(String, String)]) -> Snapshot {
+        let view = self.read();
+        let mut snapshot = Snapshot::default();
+        for (app, id) in keys {
+            if let Some(instance) = view.instance(app, id) {
+                snapshot.instances.push(instance);
+            } else if let Some(tombstone) = view.state.tombstones.get(&(app.clone(), id.clone())) {
+                snapshot.tombstones.push(tombstone.clone());
+            }
+        }
+        snapshot
+    }
+
+    /// Everything: every record and tombstone.
+    pub fn snapshot(&self) -> Snapshot {
+        let view = self.read();
+        Snapshot {
+            instances: view.apps().flat_map(|(_, instances)| instances).collect(),
+            tombstones: view.state.tombstones.values().cloned().collect(),
         }
     }
 

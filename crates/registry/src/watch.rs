@@ -33,12 +33,7 @@ pub fn parse_wait(wait: Option<&str>, max: Duration) -> Result<Option<Duration>,
 }
 
 /// Waits until `current()` passes `index`, the wait ends, or the registry shuts down.
-pub async fn block_until_past(
-    state: &AppState,
-    index: u64,
-    wait: Duration,
-    current: impl Fn() -> u64,
-) {
+pub async fn block_until_past(state: &AppState, index: u64, wait: Duration, current: impl Fn() -> u64) {
     let mut versions = state.table.version_watch();
     let deadline = tokio::time::sleep(wait);
     tokio::pin!(deadline);
@@ -100,10 +95,7 @@ fn resync_event(index: u64) -> Event {
 
 fn change_event(change: &Change) -> Event {
     let data = serde_json::to_string(change).unwrap_or_default();
-    Event::default()
-        .event("change")
-        .id(change.index.to_string())
-        .data(data)
+    Event::default().event("change").id(change.index.to_string()).data(data)
 }
 
 async fn next_event(mut watch: WatchState) -> Option<(Result<Event, Infallible>, WatchState)> {

@@ -176,8 +176,7 @@ pub fn from_xml(bytes: &[u8]) -> Result<Value, XmlError> {
             Event::Text(text) => {
                 if let Some(open) = stack.last_mut() {
                     let decoded = text.decode().map_err(|err| XmlError(err.to_string()))?;
-                    let unescaped = quick_xml::escape::unescape(&decoded)
-                        .map_err(|err| XmlError(err.to_string()))?;
+                    let unescaped = quick_xml::escape::unescape(&decoded).map_err(|err| XmlError(err.to_string()))?;
                     open.text.push_str(&unescaped);
                 }
             }
@@ -190,8 +189,7 @@ pub fn from_xml(bytes: &[u8]) -> Result<Value, XmlError> {
                 if let Some(open) = stack.last_mut() {
                     let name = String::from_utf8_lossy(&reference).into_owned();
                     let entity = format!("&{name};");
-                    let resolved = quick_xml::escape::unescape(&entity)
-                        .map_err(|err| XmlError(err.to_string()))?;
+                    let resolved = quick_xml::escape::unescape(&entity).map_err(|err| XmlError(err.to_string()))?;
                     open.text.push_str(&resolved);
                 }
             }
@@ -206,9 +204,7 @@ pub fn from_xml(bytes: &[u8]) -> Result<Value, XmlError> {
                 }
             }
             Event::Eof => {
-                return Err(XmlError(
-                    "the document ends before its root element closes".to_owned(),
-                ));
+                return Err(XmlError("the document ends before its root element closes".to_owned()));
             }
             Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
         }

@@ -16,10 +16,7 @@ use serde_json::json;
 async fn malformed_registrations_are_refused_with_a_named_problem() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     let before = registry.get_json("/eureka/apps").await.body;
 
@@ -28,10 +25,7 @@ async fn malformed_registrations_are_refused_with_a_named_problem() {
     let mut wrong_type = eureka_instance("ORDERS", "o2", 8080);
     wrong_type["instance"]["port"] = json!({"$": "eighty"});
     let mut missing = eureka_instance("ORDERS", "o2", 8080);
-    missing["instance"]
-        .as_object_mut()
-        .expect("object")
-        .remove("hostName");
+    missing["instance"].as_object_mut().expect("object").remove("hostName");
     let mut out_of_range = eureka_instance("ORDERS", "o2", 8080);
     out_of_range["instance"]["port"] = json!({"$": 70000, "@enabled": "true"});
     let cases: Vec<(&str, &str, String, &str)> = vec![
@@ -41,12 +35,7 @@ async fn malformed_registrations_are_refused_with_a_named_problem() {
             r#"{"instance": {"hostName": "h""#.into(),
             "malformed JSON",
         ),
-        (
-            "/eureka/apps/ORDERS",
-            "application/json",
-            "[]".into(),
-            "(body)",
-        ),
+        ("/eureka/apps/ORDERS", "application/json", "[]".into(), "(body)"),
         (
             "/eureka/apps/ORDERS",
             "application/json",
@@ -129,29 +118,16 @@ async fn malformed_registrations_are_refused_with_a_named_problem() {
     ];
     for (path, content_type, body, needle) in cases {
         let answer = registry
-            .send(
-                Method::POST,
-                path,
-                &[("content-type", content_type)],
-                body.clone(),
-            )
+            .send(Method::POST, path, &[("content-type", content_type)], body.clone())
             .await;
-        assert!(
-            answer.status.is_client_error(),
-            "{path} {body}: {}",
-            answer.status
-        );
+        assert!(answer.status.is_client_error(), "{path} {body}: {}", answer.status);
         let message = answer.error_message(answer.status);
         assert!(
             message.to_lowercase().contains(&needle.to_lowercase()),
             "{path} {body}: message `{message}` should name `{needle}`"
         );
     }
-    assert_eq!(
-        registry.get_json("/eureka/apps").await.body,
-        before,
-        "state unchanged"
-    );
+    assert_eq!(registry.get_json("/eureka/apps").await.body, before, "state unchanged");
     registry.stop().await;
 }
 
@@ -196,19 +172,10 @@ async fn basic_auth_guards_the_apis_but_not_health() {
     config.registry.auth.password = Some("s3cret".into());
     let registry = start(config).await;
     let refused = registry.get("/eureka/apps").await;
-    assert_eq!(
-        refused.headers["www-authenticate"],
-        "Basic realm=\"rtalpha registry\""
-    );
+    assert_eq!(refused.headers["www-authenticate"], "Basic realm=\"rtalpha registry\"");
     refused.error_message(StatusCode::UNAUTHORIZED);
-    registry
-        .get("/v1/apps")
-        .await
-        .error_message(StatusCode::UNAUTHORIZED);
-    registry
-        .get("/")
-        .await
-        .error_message(StatusCode::UNAUTHORIZED);
+    registry.get("/v1/apps").await.error_message(StatusCode::UNAUTHORIZED);
+    registry.get("/").await.error_message(StatusCode::UNAUTHORIZED);
     // "ops:wrong" and "ops:s3cret" in base64.
     let wrong = registry
         .send(
@@ -240,13 +207,8 @@ async fn basic_auth_guards_the_apis_but_not_health() {
             .status,
         StatusCode::NO_CONTENT
     );
-    let listed = registry
-        .send(Method::GET, "/v1/apps", &good, Bytes::new())
-        .await;
-    assert_eq!(
-        listed.json()["apps"][0]["instances"][0]["instance_id"],
-        "o1"
-    );
+    let listed = registry.send(Method::GET, "/v1/apps", &good, Bytes::new()).await;
+    assert_eq!(listed.json()["apps"][0]["instances"][0]["instance_id"], "o1");
     assert_eq!(registry.get("/health").await.status, StatusCode::OK);
     assert_eq!(registry.get("/metrics").await.status, StatusCode::OK);
     registry.stop().await;
@@ -300,18 +262,9 @@ async fn arbitrary_bodies_never_crash_a_handler_or_corrupt_state() {
             .as_u64()
             .expect("index");
         let answer = registry
-            .send(
-                method,
-                path,
-                &[("content-type", content_type)],
-                body.clone(),
-            )
+            .send(method, path, &[("content-type", content_type)], body.clone())
             .await;
-        assert!(
-            !answer.status.is_server_error(),
-            "{path} {body:?}: {}",
-            answer.status
-        );
+        assert!(!answer.status.is_server_error(), "{path} {body:?}: {}", answer.status);
         if answer.status.is_client_error() {
             answer.error_message(answer.status);
             let index_after = registry.get("/v1/status").await.json()["index"]
@@ -323,10 +276,6 @@ async fn arbitrary_bodies_never_crash_a_handler_or_corrupt_state() {
             );
         }
     }
-    assert_eq!(
-        registry.get("/health").await.status,
-        StatusCode::OK,
-        "still serving"
-    );
+    assert_eq!(registry.get("/health").await.status, StatusCode::OK, "still serving");
     registry.stop().await;
 }

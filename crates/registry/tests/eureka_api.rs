@@ -12,17 +12,9 @@ use serde_json::json;
 async fn registers_with_204_and_serves_the_eureka_json_shape() {
     let registry = start(quiet_config()).await;
     let registered = registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
-    assert_eq!(
-        registered.status,
-        StatusCode::NO_CONTENT,
-        "{}",
-        registered.text()
-    );
+    assert_eq!(registered.status, StatusCode::NO_CONTENT, "{}", registered.text());
 
     let all = registry.get_json("/eureka/apps").await;
     assert_eq!(all.headers["content-type"], "application/json");
@@ -85,12 +77,7 @@ async fn answers_xml_without_an_accept_header_and_reads_xml_bodies() {
             xml_body,
         )
         .await;
-    assert_eq!(
-        registered.status,
-        StatusCode::NO_CONTENT,
-        "{}",
-        registered.text()
-    );
+    assert_eq!(registered.status, StatusCode::NO_CONTENT, "{}", registered.text());
 
     let all = registry.get("/eureka/apps/").await;
     assert_eq!(all.headers["content-type"], "application/xml");
@@ -117,10 +104,7 @@ async fn answers_xml_without_an_accept_header_and_reads_xml_bodies() {
 async fn heartbeats_follow_eureka_status_codes() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     let put = |path: &'static str| registry.send(Method::PUT, path, &[], Bytes::new());
     assert_eq!(
@@ -130,15 +114,11 @@ async fn heartbeats_follow_eureka_status_codes() {
         StatusCode::OK
     );
     assert_eq!(
-        put("/eureka/apps/ORDERS/o1?lastDirtyTimestamp=500")
-            .await
-            .status,
+        put("/eureka/apps/ORDERS/o1?lastDirtyTimestamp=500").await.status,
         StatusCode::OK
     );
     assert_eq!(
-        put("/eureka/apps/ORDERS/o1?lastDirtyTimestamp=2000")
-            .await
-            .status,
+        put("/eureka/apps/ORDERS/o1?lastDirtyTimestamp=2000").await.status,
         StatusCode::NOT_FOUND,
         "a client with a newer record must register again"
     );
@@ -153,9 +133,7 @@ async fn heartbeats_follow_eureka_status_codes() {
         )
         .await;
     assert_eq!(
-        put("/eureka/apps/ORDERS/127.0.0.1%3Aorders%3A9001")
-            .await
-            .status,
+        put("/eureka/apps/ORDERS/127.0.0.1%3Aorders%3A9001").await.status,
         StatusCode::OK
     );
     put("/eureka/apps/ORDERS/o1?lastDirtyTimestamp=soon")
@@ -168,19 +146,13 @@ async fn heartbeats_follow_eureka_status_codes() {
 async fn status_overrides_metadata_and_cancel() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     let send = |method: Method, path: &'static str| registry.send(method, path, &[], Bytes::new());
     assert_eq!(
-        send(
-            Method::PUT,
-            "/eureka/apps/ORDERS/o1/status?value=OUT_OF_SERVICE"
-        )
-        .await
-        .status,
+        send(Method::PUT, "/eureka/apps/ORDERS/o1/status?value=OUT_OF_SERVICE")
+            .await
+            .status,
         StatusCode::OK
     );
     let instance = registry.get_json("/eureka/apps/ORDERS/o1").await.json();
@@ -189,10 +161,7 @@ async fn status_overrides_metadata_and_cancel() {
     assert_eq!(instance["instance"]["actionType"], "MODIFIED");
     // The override survives the instance re-registering as UP.
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     let held = registry.get_json("/eureka/apps/ORDERS/o1").await.json();
     assert_eq!(held["instance"]["status"], "OUT_OF_SERVICE");
@@ -208,9 +177,7 @@ async fn status_overrides_metadata_and_cancel() {
 
     // Clearing without a value leaves UNKNOWN, so the next heartbeat asks to register again.
     assert_eq!(
-        send(Method::DELETE, "/eureka/apps/ORDERS/o1/status")
-            .await
-            .status,
+        send(Method::DELETE, "/eureka/apps/ORDERS/o1/status").await.status,
         StatusCode::OK
     );
     assert_eq!(
@@ -222,10 +189,7 @@ async fn status_overrides_metadata_and_cancel() {
         StatusCode::NOT_FOUND
     );
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     assert_eq!(
         registry.get_json("/eureka/apps/ORDERS/o1").await.json()["instance"]["status"],
@@ -233,16 +197,12 @@ async fn status_overrides_metadata_and_cancel() {
     );
 
     assert_eq!(
-        send(
-            Method::PUT,
-            "/eureka/apps/ORDERS/o1/metadata?version=3&team=core"
-        )
-        .await
-        .status,
+        send(Method::PUT, "/eureka/apps/ORDERS/o1/metadata?version=3&team=core")
+            .await
+            .status,
         StatusCode::OK
     );
-    let metadata =
-        registry.get_json("/eureka/apps/ORDERS/o1").await.json()["instance"]["metadata"].clone();
+    let metadata = registry.get_json("/eureka/apps/ORDERS/o1").await.json()["instance"]["metadata"].clone();
     assert_eq!(
         (metadata["version"].as_str(), metadata["team"].as_str()),
         (Some("3"), Some("core"))
@@ -262,22 +222,13 @@ async fn status_overrides_metadata_and_cancel() {
 async fn delta_carries_action_types_and_the_whole_registry_hash() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o2", 8081),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o2", 8081))
         .await;
     registry
-        .post_json(
-            "/eureka/apps/BILLING",
-            &eureka_instance("BILLING", "b1", 8082),
-        )
+        .post_json("/eureka/apps/BILLING", &eureka_instance("BILLING", "b1", 8082))
         .await;
     registry
         .send(
@@ -324,28 +275,16 @@ async fn delta_carries_action_types_and_the_whole_registry_hash() {
 async fn vips_and_secure_vips_find_instances_by_address() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     registry
-        .post_json(
-            "/eureka/apps/BILLING",
-            &eureka_instance("BILLING", "b1", 8081),
-        )
+        .post_json("/eureka/apps/BILLING", &eureka_instance("BILLING", "b1", 8081))
         .await;
     let vip = registry.get_json("/eureka/vips/orders").await.json();
-    let apps = vip["applications"]["application"]
-        .as_array()
-        .expect("apps")
-        .clone();
+    let apps = vip["applications"]["application"].as_array().expect("apps").clone();
     assert_eq!(apps.len(), 1);
     assert_eq!(apps[0]["name"], "ORDERS");
-    let svip = registry
-        .get_json("/eureka/svips/billing-secure")
-        .await
-        .json();
+    let svip = registry.get_json("/eureka/svips/billing-secure").await.json();
     assert_eq!(svip["applications"]["application"][0]["name"], "BILLING");
     registry
         .get_json("/eureka/vips/nothing")
@@ -358,10 +297,7 @@ async fn vips_and_secure_vips_find_instances_by_address() {
 async fn native_and_eureka_views_agree() {
     let registry = start(quiet_config()).await;
     registry
-        .post_json(
-            "/eureka/apps/ORDERS",
-            &eureka_instance("ORDERS", "o1", 8080),
-        )
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
         .await;
     registry.register("orders", "o2", 8081).await;
     let native = registry.get("/v1/apps/ORDERS").await.json();

@@ -22,20 +22,14 @@ async fn registers_fetches_and_cancels_an_instance() {
 
     let one = registry.get("/v1/apps/ORDERS/o1").await;
     assert_eq!(one.status, StatusCode::OK);
-    assert_eq!(
-        one.json()["instance"]["port"],
-        json!({"number": 8080, "enabled": true})
-    );
+    assert_eq!(one.json()["instance"]["port"], json!({"number": 8080, "enabled": true}));
 
     let all = registry.get("/v1/apps").await.json();
     assert_eq!(all["apps"][0]["name"], "ORDERS");
     assert_eq!(all["apps"][0]["instances"][0]["instance_id"], "o1");
 
     let app = registry.get("/v1/apps/orders").await.json();
-    assert_eq!(
-        app["apps"][0]["instances"].as_array().map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(app["apps"][0]["instances"].as_array().map(Vec::len), Some(1));
 
     let cancelled = registry
         .send(Method::DELETE, "/v1/apps/ORDERS/o1", &[], Bytes::new())
@@ -61,22 +55,12 @@ async fn heartbeats_renew_and_unknown_instances_get_404() {
     let registry = start(quiet_config()).await;
     registry.register("orders", "o1", 8080).await;
     let renewed = registry
-        .send(
-            Method::PUT,
-            "/v1/apps/ORDERS/o1/heartbeat",
-            &[],
-            Bytes::new(),
-        )
+        .send(Method::PUT, "/v1/apps/ORDERS/o1/heartbeat", &[], Bytes::new())
         .await;
     assert_eq!(renewed.status, StatusCode::OK);
     assert_eq!(renewed.index(), 1, "a renewal is not a change");
     registry
-        .send(
-            Method::PUT,
-            "/v1/apps/ORDERS/nope/heartbeat",
-            &[],
-            Bytes::new(),
-        )
+        .send(Method::PUT, "/v1/apps/ORDERS/nope/heartbeat", &[], Bytes::new())
         .await
         .error_message(StatusCode::NOT_FOUND);
     let down = registry
@@ -100,10 +84,7 @@ async fn heartbeats_renew_and_unknown_instances_get_404() {
             Bytes::new(),
         )
         .await;
-    assert!(
-        bad.error_message(StatusCode::BAD_REQUEST)
-            .contains("SLEEPY")
-    );
+    assert!(bad.error_message(StatusCode::BAD_REQUEST).contains("SLEEPY"));
     registry.stop().await;
 }
 
@@ -126,12 +107,7 @@ async fn status_overrides_and_metadata_updates_are_changes() {
     assert_eq!(overridden.index(), 2);
 
     let cleared = registry
-        .send(
-            Method::DELETE,
-            "/v1/apps/ORDERS/o1/status",
-            &[],
-            Bytes::new(),
-        )
+        .send(Method::DELETE, "/v1/apps/ORDERS/o1/status", &[], Bytes::new())
         .await;
     assert_eq!(cleared.json()["instance"]["status"], "UP");
     assert_eq!(cleared.json()["instance"]["overridden_status"], "UNKNOWN");
@@ -155,11 +131,7 @@ async fn status_overrides_and_metadata_updates_are_changes() {
             r#"{"version":null}"#,
         )
         .await;
-    assert!(
-        removed.json()["instance"]["metadata"]
-            .get("version")
-            .is_none()
-    );
+    assert!(removed.json()["instance"]["metadata"].get("version").is_none());
     registry.stop().await;
 }
 
@@ -171,10 +143,7 @@ async fn delta_returns_changes_since_an_index() {
     registry
         .send(Method::DELETE, "/v1/apps/ORDERS/o1", &[], Bytes::new())
         .await;
-    let delta = registry
-        .get(&format!("/v1/delta?since={index}"))
-        .await
-        .json();
+    let delta = registry.get(&format!("/v1/delta?since={index}")).await.json();
     assert_eq!(delta["resync_required"], false);
     assert_eq!(delta["changes"].as_array().map(Vec::len), Some(1));
     assert_eq!(delta["changes"][0]["kind"], "cancelled");
@@ -197,9 +166,7 @@ async fn a_blocking_query_returns_as_soon_as_the_version_passes() {
     let registry = start(quiet_config()).await;
     let index = registry.register("orders", "o1", 8080).await.index();
     let started = Instant::now();
-    let unchanged = registry
-        .get(&format!("/v1/apps?index={index}&wait=300ms"))
-        .await;
+    let unchanged = registry.get(&format!("/v1/apps?index={index}&wait=300ms")).await;
     assert!(
         started.elapsed() >= Duration::from_millis(290),
         "it waited the whole wait"
@@ -210,9 +177,8 @@ async fn a_blocking_query_returns_as_soon_as_the_version_passes() {
         let base = registry.base.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .build_http::<http_body_util::Empty<Bytes>>();
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
             let uri = format!("{base}/v1/apps/ORDERS?index={index}&wait=20s")
                 .parse()
                 .expect("uri");
@@ -237,10 +203,7 @@ async fn a_blocking_query_returns_as_soon_as_the_version_passes() {
         elapsed < Duration::from_secs(2),
         "returned on the change, not at the wait's end: {elapsed:?}"
     );
-    assert_eq!(
-        view["apps"][0]["instances"].as_array().map(Vec::len),
-        Some(2)
-    );
+    assert_eq!(view["apps"][0]["instances"].as_array().map(Vec::len), Some(2));
     registry
         .get("/v1/apps?index=1&wait=forever")
         .await
@@ -252,9 +215,7 @@ async fn a_blocking_query_returns_as_soon_as_the_version_passes() {
 async fn a_watch_streams_changes_and_resumes_from_an_index() {
     let registry = start(quiet_config()).await;
     registry.register("orders", "o1", 8080).await;
-    let response = registry
-        .raw(Method::GET, "/v1/watch", &[], Bytes::new())
-        .await;
+    let response = registry.raw(Method::GET, "/v1/watch", &[], Bytes::new()).await;
     let mut events = EventReader::new(response);
     let hello = events.next(Duration::from_secs(5)).await.expect("hello");
     assert_eq!((hello.event.as_str(), hello.id.as_str()), ("hello", "1"));
@@ -281,26 +242,16 @@ async fn a_watch_streams_changes_and_resumes_from_an_index() {
     );
 
     // An app watch sees only its app; a resumed watch replays what it missed.
-    let response = registry
-        .raw(Method::GET, "/v1/watch/payments", &[], Bytes::new())
-        .await;
+    let response = registry.raw(Method::GET, "/v1/watch/payments", &[], Bytes::new()).await;
     let mut payments = EventReader::new(response);
     payments.next(Duration::from_secs(5)).await.expect("hello");
     registry.register("orders", "o2", 8080).await;
     registry.register("payments", "p1", 8080).await;
-    let only = payments
-        .next(Duration::from_secs(5))
-        .await
-        .expect("payments change");
+    let only = payments.next(Duration::from_secs(5)).await.expect("payments change");
     assert!(only.data.contains("\"PAYMENTS\""), "{}", only.data);
 
     let response = registry
-        .raw(
-            Method::GET,
-            "/v1/watch",
-            &[("last-event-id", "1")],
-            Bytes::new(),
-        )
+        .raw(Method::GET, "/v1/watch", &[("last-event-id", "1")], Bytes::new())
         .await;
     let mut resumed = EventReader::new(response);
     resumed.next(Duration::from_secs(5)).await.expect("hello");
@@ -319,9 +270,7 @@ async fn a_watch_streams_changes_and_resumes_from_an_index() {
 #[tokio::test]
 async fn shutdown_ends_open_watches_and_blocking_queries() {
     let registry = start(quiet_config()).await;
-    let response = registry
-        .raw(Method::GET, "/v1/watch", &[], Bytes::new())
-        .await;
+    let response = registry.raw(Method::GET, "/v1/watch", &[], Bytes::new()).await;
     let mut events = EventReader::new(response);
     events.next(Duration::from_secs(5)).await.expect("hello");
     let started = Instant::now();
@@ -330,10 +279,7 @@ async fn shutdown_ends_open_watches_and_blocking_queries() {
         started.elapsed() < Duration::from_secs(2),
         "shutdown did not wait for the watch"
     );
-    assert!(
-        events.next(Duration::from_secs(2)).await.is_none(),
-        "the stream ended"
-    );
+    assert!(events.next(Duration::from_secs(2)).await.is_none(), "the stream ended");
 }
 
 #[tokio::test]
@@ -373,9 +319,7 @@ async fn health_ready_and_metrics_are_served() {
 async fn the_dashboard_lists_instances_and_escapes_them() {
     let registry = start(quiet_config()).await;
     registry.register("orders", "o1", 8080).await;
-    registry
-        .register("orders", "<script>x</script>", 8080)
-        .await;
+    registry.register("orders", "<script>x</script>", 8080).await;
     let page = registry.get("/").await;
     assert_eq!(page.status, StatusCode::OK);
     let html = page.text();
@@ -391,19 +335,11 @@ async fn the_dashboard_lists_instances_and_escapes_them() {
 async fn request_ids_are_kept_or_made() {
     let registry = start(quiet_config()).await;
     let given = registry
-        .send(
-            Method::GET,
-            "/v1/apps",
-            &[("x-request-id", "abc-123")],
-            Bytes::new(),
-        )
+        .send(Method::GET, "/v1/apps", &[("x-request-id", "abc-123")], Bytes::new())
         .await;
     assert_eq!(given.headers["x-request-id"], "abc-123");
     let made = registry.get("/v1/nothing-here").await;
-    let id = made.headers["x-request-id"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let id = made.headers["x-request-id"].to_str().expect("ascii").to_owned();
     assert!(!id.is_empty());
     made.error_message(StatusCode::NOT_FOUND);
     assert_eq!(made.json()["request_id"], id);

@@ -52,10 +52,7 @@ struct RegistryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("rtalpha: cannot start the async runtime: {err}");
@@ -82,8 +79,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let mut overrides = Overrides::new();
     overrides.set("server.bind", args.server.bind);
-    let config: rtalpha_registry::Config =
-        rtalpha_runtime::config::load(args.server.config.as_deref(), &overrides)?;
+    let config: rtalpha_registry::Config = rtalpha_runtime::config::load(args.server.config.as_deref(), &overrides)?;
     telemetry::init(&config.telemetry);
     let listener = TcpListener::bind(config.server.bind)
         .await

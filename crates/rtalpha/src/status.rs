@@ -12,11 +12,7 @@ use rtalpha_proto::registry::{AppsView, RegistryStatus};
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The registry's base URL.
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:8761",
-        env = "RTALPHA_REGISTRY_URL"
-    )]
+    #[arg(long, default_value = "http://127.0.0.1:8761", env = "RTALPHA_REGISTRY_URL")]
     registry: String,
 }
 
@@ -37,13 +33,9 @@ async fn fetch<T: serde::de::DeserializeOwned>(base: &str, path: &str) -> anyhow
         .context("reading the answer")?
         .to_bytes();
     if !status.is_success() {
-        bail!(
-            "{uri} answered {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("{uri} answered {status}: {}", String::from_utf8_lossy(&body));
     }
-    serde_json::from_slice(&body)
-        .with_context(|| format!("{uri} did not answer the registry's JSON"))
+    serde_json::from_slice(&body).with_context(|| format!("{uri} did not answer the registry's JSON"))
 }
 
 /// Prints the table.

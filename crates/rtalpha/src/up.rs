@@ -85,11 +85,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = rtalpha_runtime::shutdown::on_signal();
     let mut parts = vec![Part {
         name: "registry",
-        args: vec![
-            "registry".into(),
-            "--bind".into(),
-            args.registry_bind.to_string(),
-        ],
+        args: vec!["registry".into(), "--bind".into(), args.registry_bind.to_string()],
         bind: args.registry_bind,
         child: None,
     }];

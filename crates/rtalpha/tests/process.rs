@@ -81,8 +81,7 @@ fn registry(port: u16) -> Child {
 
 fn register(port: u16, app: &str, id: &str) {
     let body = format!(r#"{{"instance_id":"{id}","host_name":"{id}.test","port":8080}}"#);
-    let (status, answer) =
-        http("POST", port, &format!("/v1/apps/{app}"), Some(&body)).expect("answer");
+    let (status, answer) = http("POST", port, &format!("/v1/apps/{app}"), Some(&body)).expect("answer");
     assert_eq!(status, 200, "{answer}");
 }
 
@@ -96,11 +95,7 @@ fn stops_gracefully_on_sigterm_and_sigint_and_starts_again() {
         let (status, body) = http("GET", port, "/v1/apps/ORDERS", None).expect("answer");
         assert_eq!(status, 200, "{body}");
         let exit = signal_and_wait(&mut child, signal);
-        assert_eq!(
-            exit.code(),
-            Some(0),
-            "graceful shutdown on {signal} exits 0"
-        );
+        assert_eq!(exit.code(), Some(0), "graceful shutdown on {signal} exits 0");
         assert!(
             http("GET", port, "/health", None).is_none(),
             "the port is closed after exit"
@@ -131,22 +126,14 @@ fn graceful_shutdown_does_not_wait_for_open_watches() {
 #[test]
 fn environment_and_file_settings_are_layered_and_bad_keys_are_named() {
     let port = free_port();
-    let mut config = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("temp file");
+    let mut config = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
     writeln!(
         config,
         "[registry.self_preservation]\nthreshold = 0.5\nwindow = \"30s\""
     )
     .expect("write");
     let mut child = Command::new(BINARY)
-        .args([
-            "registry",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--config",
-        ])
+        .args(["registry", "--bind", &format!("127.0.0.1:{port}"), "--config"])
         .arg(config.path())
         .env("RTALPHA_REGISTRY__SELF_PRESERVATION__WINDOW", "2m")
         .stdout(Stdio::null())
@@ -156,10 +143,7 @@ fn environment_and_file_settings_are_layered_and_bad_keys_are_named() {
     wait_healthy(port, &mut child);
     let (_, body) = http("GET", port, "/v1/status", None).expect("status");
     let status: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(
-        status["self_preservation"]["threshold_share"], 0.5,
-        "from the file"
-    );
+    assert_eq!(status["self_preservation"]["threshold_share"], 0.5, "from the file");
     assert_eq!(
         status["self_preservation"]["window_secs"], 120,
         "the environment wins over the file"
@@ -175,10 +159,7 @@ fn environment_and_file_settings_are_layered_and_bad_keys_are_named() {
             &[("RTALPHA_REGISTRY__EVICTION_INTERVAL", "soon")],
             "registry.eviction_interval",
         ),
-        (
-            &[("RTALPHA_REGISTRY__AUTH__USERNAME", "ops")],
-            "registry.auth",
-        ),
+        (&[("RTALPHA_REGISTRY__AUTH__USERNAME", "ops")], "registry.auth"),
     ];
     for (env, key) in cases {
         let output = Command::new(BINARY)
@@ -188,19 +169,18 @@ fn environment_and_file_settings_are_layered_and_bad_keys_are_named() {
             .expect("run");
         assert!(!output.status.success(), "{env:?} must stop start-up");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            stderr.contains(key),
-            "{env:?}: `{stderr}` should name {key}"
-        );
+        assert!(stderr.contains(key), "{env:?}: `{stderr}` should name {key}");
     }
 }
 
 #[test]
-fn the_command_line_wins_over_the_environment() {
+fn the_command_line_wins_over_the_environment_and_foreign_variables_are_ignored() {
     let port = free_port();
     let mut child = Command::new(BINARY)
         .args(["registry", "--bind", &format!("127.0.0.1:{port}")])
         .env("RTALPHA_SERVER__BIND", format!("127.0.0.1:{}", free_port()))
+        .env("RTALPHA_TEST_POSTGRES_URL", "postgres://127.0.0.1/test")
+        .env("RTALPHA_REGISTRY_URL", "http://127.0.0.1:1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -220,17 +200,10 @@ fn status_prints_the_registry_as_a_table() {
         .args(["status", "--registry", &format!("http://127.0.0.1:{port}")])
         .output()
         .expect("run status");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let table = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = table.lines().collect();
-    assert!(
-        lines[0].starts_with("APP") && lines[0].contains("STATUS"),
-        "{table}"
-    );
+    assert!(lines[0].starts_with("APP") && lines[0].contains("STATUS"), "{table}");
     assert!(
         lines
             .iter()
@@ -247,11 +220,7 @@ fn status_prints_the_registry_as_a_table() {
     assert_eq!(signal_and_wait(&mut child, Signal::SIGTERM).code(), Some(0));
 
     let unreachable = Command::new(BINARY)
-        .args([
-            "status",
-            "--registry",
-            &format!("http://127.0.0.1:{}", free_port()),
-        ])
+        .args(["status", "--registry", &format!("http://127.0.0.1:{}", free_port())])
         .output()
         .expect("run status");
     assert!(!unreachable.status.success());

@@ -3,7 +3,8 @@
 //! Each server declares one `Config` type with serde and a `Default`; [`load`] merges
 //! the layers with figment, deserializes once, and turns every failure into a
 //! [`ConfigError`] that names the key. Environment variables are `RTALPHA_` followed
-//! by the key path with `__` between sections: `RTALPHA_SERVER__BIND=0.0.0.0:8761`.
+//! by the key path with `__` between sections: `RTALPHA_SERVER__BIND=0.0.0.0:8761`;
+//! a prefixed name without `__` is not a configuration key and is left alone.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -85,10 +86,7 @@ impl Default for ServerConfig {
 impl Validate for ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "server.max_body_bytes",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::invalid("server.max_body_bytes", "must be at least 1"));
         }
         Ok(())
     }
@@ -160,7 +158,13 @@ pub fn load<T>(file: Option<&Path>, overrides: &Overrides) -> Result<T, ConfigEr
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
+    // Only names with a section separator are keys (`RTALPHA_SERVER__BIND`); others with
+    // the prefix, such as the tests' `RTALPHA_TEST_*` or `rtalpha status`'s
+    // `RTALPHA_REGISTRY_URL`, belong to someone else.
+    let env = Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__");
+    load_with_env(file, overrides, env)
 }
 
 fn load_with_env<T>(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<T, ConfigError>
@@ -175,10 +179,7 @@ where
                 path.display()
             )));
         }
-        let is_yaml = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yml" | "yaml")
-        );
+        let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yml" | "yaml"));
         figment = if is_yaml {
             figment.merge(Yaml::file(path))
         } else {
@@ -250,8 +251,7 @@ mod tests {
         )
         .unwrap();
 
-        let only_file: Sample =
-            load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        let only_file: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
         assert_eq!(only_file.answer, 7);
         assert_eq!(only_file.server.bind.port(), 9000);
         assert_eq!(
@@ -280,8 +280,7 @@ mod tests {
     fn errors_name_the_bad_key() {
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbind = \"not an address\"").unwrap();
-        let err =
-            load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("server.bind"), "{err}");
 
         let mut overrides = Overrides::new();
@@ -291,8 +290,7 @@ mod tests {
 
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbindd = \"127.0.0.1:1\"").unwrap();
-        let err =
-            load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("bindd"), "{err}");
     }
 

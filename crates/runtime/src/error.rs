@@ -96,11 +96,7 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     let message = match parts.extensions.remove::<ErrorMessage>() {
         Some(ErrorMessage(message)) => message,
         None => {
-            let bytes = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_MESSAGE_BYTES)])
                 .trim()
                 .to_owned();
@@ -122,8 +118,6 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
     parts
         .headers
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    parts
-        .headers
-        .insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
+    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(json.len()));
     Response::from_parts(parts, Body::from(json))
 }

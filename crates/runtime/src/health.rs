@@ -79,10 +79,7 @@ impl Health {
 
     /// The report as `/health` shows it.
     pub fn report(&self) -> HealthReport {
-        let inner = self
-            .inner
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let inner = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let status = inner
             .checks
             .values()
@@ -97,10 +94,7 @@ impl Health {
     }
 
     fn write(&self, change: impl FnOnce(&mut Inner)) {
-        let mut inner = self
-            .inner
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut inner = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         change(&mut inner);
     }
 }

@@ -51,8 +51,7 @@ pub async fn serve(
     let app = with_platform_layers(routes, &options);
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "listening");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let grace = options.shutdown_grace;
     tokio::select! {
         result = server.into_future() => result,
@@ -103,10 +102,7 @@ async fn ready(State(health): State<Health>) -> Response {
 async fn metrics() -> Response {
     let text = telemetry::metrics().render();
     (
-        [(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
+        [(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))],
         text,
     )
         .into_response()
@@ -157,8 +153,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         ("status", status.as_u16().to_string()),
     ];
     metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels[..2])
-        .record(elapsed.as_secs_f64());
+    metrics::histogram!("http_server_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
     if status.is_server_error() {
         tracing::warn!(%method, %path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, request_id = %id, "request failed");
     } else if status.is_client_error() {

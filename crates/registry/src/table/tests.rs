@@ -44,11 +44,19 @@ fn instance(app: &str, id: &str) -> Instance {
         last_updated_timestamp: 0,
         last_dirty_timestamp: 0,
         action_type: None,
+        health_check: None,
     }
 }
 
 fn table(preservation: SelfPreservationSettings) -> LeaseTable {
-    LeaseTable::new(Clock::new(), Duration::from_secs(180), preservation)
+    LeaseTable::new(
+        Clock::new(),
+        TableSettings {
+            delta_retention: Duration::from_secs(180),
+            tombstone_retention: Duration::from_secs(600),
+            preservation,
+        },
+    )
 }
 
 fn without_preservation() -> SelfPreservationSettings {
@@ -78,10 +86,7 @@ async fn evicts_instance_after_lease_expires() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
     tokio::time::advance(Duration::from_secs(89)).await;
-    assert!(
-        table.sweep().evicted.is_empty(),
-        "not before the lease duration"
-    );
+    assert!(table.sweep().evicted.is_empty(), "not before the lease duration");
     tokio::time::advance(Duration::from_secs(2)).await;
     let sweep = table.sweep();
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "a".to_owned())]);
@@ -109,9 +114,7 @@ async fn renewal_does_not_change_the_version() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
     let index = table.index();
-    table
-        .renew("ORDERS", "a", RenewalReport::default())
-        .unwrap();
+    table.renew("ORDERS", "a", RenewalReport::default()).unwrap();
     assert_eq!(table.index(), index);
     assert!(matches!(
         table.renew("ORDERS", "nope", RenewalReport::default()),
@@ -172,9 +175,7 @@ async fn an_identical_re_registration_is_not_a_change() {
 async fn an_override_wins_until_cleared_and_survives_re_registration() {
     let table = table(without_preservation());
     table.register(instance("ORDERS", "a")).unwrap();
-    table
-        .set_override("ORDERS", "a", Status::OutOfService)
-        .unwrap();
+    table.set_override("ORDERS", "a", Status::OutOfService).unwrap();
     table.register(instance("ORDERS", "a"));
     let held = table.read().instance("ORDERS", "a").unwrap();
     assert_eq!(
@@ -213,10 +214,7 @@ async fn a_reported_status_applies_when_no_override_is_set() {
         last_dirty_timestamp: None,
     };
     table.renew("ORDERS", "a", report).unwrap();
-    assert_eq!(
-        table.read().instance("ORDERS", "a").unwrap().status,
-        Status::Down
-    );
+    assert_eq!(table.read().instance("ORDERS", "a").unwrap().status, Status::Down);
 }
 
 #[tokio::test(start_paused = true)]
@@ -245,10 +243,7 @@ async fn watchers_are_told_of_cancellation_and_eviction_in_order() {
             (ChangeKind::Evicted, "b".to_owned()),
         ]
     );
-    assert!(
-        table.read().apps().next().is_none(),
-        "an app with no instances is gone"
-    );
+    assert!(table.read().apps().next().is_none(), "an app with no instances is gone");
 }
 
 #[tokio::test(start_paused = true)]
@@ -266,10 +261,7 @@ async fn deltas_need_a_resync_once_changes_are_pruned() {
         table.read().changes_since(0).is_none(),
         "pruned changes cannot be replayed"
     );
-    assert_eq!(
-        table.read().changes_since(table.index() - 1).unwrap().len(),
-        1
-    );
+    assert_eq!(table.read().changes_since(table.index() - 1).unwrap().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -289,11 +281,7 @@ async fn self_preservation_spares_leases_when_most_renewals_stop() {
     // A network blip: only two of ten instances still reach the registry.
     run_for(&table, 120, &all[..2]).await;
     let sweep = table.sweep();
-    assert!(
-        sweep.self_preservation.active,
-        "{:?}",
-        sweep.self_preservation
-    );
+    assert!(sweep.self_preservation.active, "{:?}", sweep.self_preservation);
     assert!(sweep.evicted.is_empty());
     assert_eq!(sweep.spared, 8);
     assert_eq!(table.read().instance_count(), 10);
@@ -317,11 +305,7 @@ async fn a_few_dead_instances_are_evicted_and_the_expected_rate_follows() {
     // One instance of ten dies: 90 % of renewals still arrive, above the 85 % share.
     run_for(&table, 120, &all[1..]).await;
     let sweep = table.sweep();
-    assert!(
-        !sweep.self_preservation.active,
-        "{:?}",
-        sweep.self_preservation
-    );
+    assert!(!sweep.self_preservation.active, "{:?}", sweep.self_preservation);
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "i0".to_owned())]);
     let after = table.judge_self_preservation().expected_renewals;
     assert!(
@@ -332,11 +316,7 @@ async fn a_few_dead_instances_are_evicted_and_the_expected_rate_follows() {
     // Later another one dies: judged against nine, not the ten Eureka would remember.
     run_for(&table, 120, &all[2..]).await;
     let sweep = table.sweep();
-    assert!(
-        !sweep.self_preservation.active,
-        "{:?}",
-        sweep.self_preservation
-    );
+    assert!(!sweep.self_preservation.active, "{:?}", sweep.self_preservation);
     assert_eq!(sweep.evicted, vec![("ORDERS".to_owned(), "i1".to_owned())]);
 }
 
@@ -348,11 +328,7 @@ async fn self_preservation_stays_off_below_the_minimum_and_when_disabled() {
     run_for(&table, 100, &[]).await;
     let sweep = table.sweep();
     assert!(!sweep.self_preservation.active);
-    assert_eq!(
-        sweep.evicted.len(),
-        2,
-        "two silent instances of two are evicted"
-    );
+    assert_eq!(sweep.evicted.len(), 2, "two silent instances of two are evicted");
 
     let disabled = table_with_instances(SelfPreservationSettings {
         enabled: false,
@@ -367,9 +343,7 @@ async fn self_preservation_stays_off_below_the_minimum_and_when_disabled() {
 fn table_with_instances(preservation: SelfPreservationSettings) -> LeaseTable {
     let table = table(preservation);
     for n in 0..10 {
-        table
-            .register(instance("ORDERS", &format!("i{n}")))
-            .unwrap();
+        table.register(instance("ORDERS", &format!("i{n}"))).unwrap();
     }
     table
 }
@@ -381,22 +355,36 @@ async fn metadata_patch_sets_and_removes_keys_and_updates_the_zone() {
     let mut patch = MetadataPatch::new();
     patch.insert("zone".into(), Some("eu-1".into()));
     patch.insert("absent".into(), None);
-    let change = table
-        .update_metadata("ORDERS", "a", &patch)
-        .unwrap()
-        .unwrap();
+    let change = table.update_metadata("ORDERS", "a", &patch).unwrap().unwrap();
     assert_eq!(change.instance.zone.as_deref(), Some("eu-1"));
     assert!(
-        table
-            .update_metadata("ORDERS", "a", &patch)
-            .unwrap()
-            .is_none(),
+        table.update_metadata("ORDERS", "a", &patch).unwrap().is_none(),
         "no-op patch"
     );
     patch.insert("zone".into(), None);
-    let change = table
-        .update_metadata("ORDERS", "a", &patch)
-        .unwrap()
-        .unwrap();
+    let change = table.update_metadata("ORDERS", "a", &patch).unwrap().unwrap();
     assert!(!change.instance.metadata.contains_key("zone"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_re_registration_with_a_newer_dirty_timestamp_is_stored() {
+    // A client restarting under the same id before its old lease ran out: its renewals
+    // carry the new dirty timestamp, so the registry must hold it, or every renewal
+    // would ask the client to register again.
+    let table = table(without_preservation());
+    let mut first = instance("ORDERS", "a");
+    first.last_dirty_timestamp = 1_000;
+    table.register(first).unwrap();
+    let mut restarted = instance("ORDERS", "a");
+    restarted.last_dirty_timestamp = 5_000;
+    assert!(table.register(restarted).is_some());
+    assert_eq!(
+        table.read().instance("ORDERS", "a").unwrap().last_dirty_timestamp,
+        5_000
+    );
+    let report = RenewalReport {
+        status: Some(Status::Up),
+        last_dirty_timestamp: Some(5_000),
+    };
+    assert_eq!(table.renew("ORDERS", "a", report), Ok(Renewal::Renewed));
 }

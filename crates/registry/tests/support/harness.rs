@@ -33,9 +33,8 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!("not JSON ({err}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -56,14 +55,8 @@ impl Answer {
         let body = self.json();
         assert_eq!(body["status"], status.as_u16(), "{body}");
         assert!(body["error"].is_string(), "{body}");
-        assert!(
-            body["path"].as_str().is_some_and(|p| p.starts_with('/')),
-            "{body}"
-        );
-        assert!(
-            body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
-            "{body}"
-        );
+        assert!(body["path"].as_str().is_some_and(|p| p.starts_with('/')), "{body}");
+        assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
         body["message"].as_str().expect("message").to_owned()
     }
 }
@@ -89,13 +82,7 @@ pub async fn start(config: Config) -> TestRegistry {
 }
 
 impl TestRegistry {
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Answer {
+    pub async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Answer {
         let response = self.raw(method, path, headers, body).await;
         let status = response.status();
         let headers = response.headers().clone();
@@ -104,11 +91,7 @@ impl TestRegistry {
             .expect("body within 10 s")
             .expect("body")
             .to_bytes();
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer { status, headers, body }
     }
 
     pub async fn raw(
@@ -118,9 +101,7 @@ impl TestRegistry {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> hyper::Response<Incoming> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{}", self.base, path));
+        let mut request = Request::builder().method(method).uri(format!("{}{}", self.base, path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -136,13 +117,8 @@ impl TestRegistry {
     }
 
     pub async fn get_json(&self, path: &str) -> Answer {
-        self.send(
-            Method::GET,
-            path,
-            &[("accept", "application/json")],
-            Bytes::new(),
-        )
-        .await
+        self.send(Method::GET, path, &[("accept", "application/json")], Bytes::new())
+            .await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
@@ -157,8 +133,7 @@ impl TestRegistry {
 
     /// Registers through the native API.
     pub async fn register(&self, app: &str, id: &str, port: u16) -> Answer {
-        let body =
-            serde_json::json!({"instance_id": id, "host_name": format!("{id}.test"), "port": port});
+        let body = serde_json::json!({"instance_id": id, "host_name": format!("{id}.test"), "port": port});
         let answer = self.post_json(&format!("/v1/apps/{app}"), &body).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
         answer
@@ -239,10 +214,7 @@ impl EventReader {
                 }
                 continue;
             }
-            let frame = tokio::time::timeout_at(deadline, self.body.frame())
-                .await
-                .ok()??
-                .ok()?;
+            let frame = tokio::time::timeout_at(deadline, self.body.frame()).await.ok()??.ok()?;
             if let Ok(data) = frame.into_data() {
                 self.buffer.push_str(&String::from_utf8_lossy(&data));
             }
