@@ -48,6 +48,10 @@ struct ServerArgs {
 struct RegistryArgs {
     #[command(flatten)]
     server: ServerArgs,
+    /// The other registry nodes, as base URLs separated by commas (the same list may be
+    /// given to every node; a node skips its own address).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +83,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let mut overrides = Overrides::new();
     overrides.set("server.bind", args.server.bind);
+    overrides.set("registry.peers", args.peers);
     let config: rtalpha_registry::Config = rtalpha_runtime::config::load(args.server.config.as_deref(), &overrides)?;
     telemetry::init(&config.telemetry);
     let listener = TcpListener::bind(config.server.bind)
