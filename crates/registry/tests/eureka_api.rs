@@ -318,3 +318,57 @@ async fn native_and_eureka_views_agree() {
     assert_eq!(native_ids, eureka_ids);
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn eureka_peer_replication_batches_are_applied_without_re_replication() {
+    let registry = start(quiet_config()).await;
+    let mut info = eureka_instance("ORDERS", "o1", 8080)["instance"].clone();
+    info["lastUpdatedTimestamp"] = json!("2000");
+    let batch = json!({"replicationList": [
+        {"appName": "ORDERS", "id": "o1", "lastDirtyTimestamp": 1000, "action": "Register", "instanceInfo": info},
+        {"appName": "ORDERS", "id": "o1", "lastDirtyTimestamp": 1000, "status": "UP", "action": "Heartbeat"},
+        {"appName": "ORDERS", "id": "o1", "lastDirtyTimestamp": 500, "status": "UP", "action": "Heartbeat"},
+        {"appName": "ORDERS", "id": "ghost", "lastDirtyTimestamp": 1, "action": "Heartbeat"},
+        {"appName": "ORDERS", "id": "o1", "status": "OUT_OF_SERVICE", "action": "StatusUpdate"},
+        {"appName": "ORDERS", "id": "o1", "action": "Teleport"}
+    ]});
+    let answer = registry
+        .send(
+            Method::POST,
+            "/eureka/peerreplication/batch/",
+            &[
+                ("content-type", "application/json"),
+                ("x-netflix-discovery-replication", "true"),
+            ],
+            batch.to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let codes: Vec<u64> = answer.json()["responseList"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| r["statusCode"].as_u64().expect("code"))
+        .collect();
+    assert_eq!(codes, [200, 200, 409, 404, 200, 400]);
+    assert_eq!(
+        answer.json()["responseList"][2]["responseEntity"]["instanceId"],
+        "o1",
+        "409 carries our record"
+    );
+    let held = registry.get_json("/eureka/apps/ORDERS/o1").await.json();
+    assert_eq!(held["instance"]["status"], "OUT_OF_SERVICE");
+
+    let cancel = json!({"replicationList": [{"appName": "ORDERS", "id": "o1", "action": "Cancel"}]});
+    let answer = registry.post_json("/eureka/peerreplication/batch", &cancel).await;
+    assert_eq!(answer.json()["responseList"][0]["statusCode"], 200);
+    registry
+        .get_json("/eureka/apps/ORDERS/o1")
+        .await
+        .error_message(StatusCode::NOT_FOUND);
+    registry
+        .post_json("/eureka/peerreplication/batch", &json!({"nope": 1}))
+        .await
+        .error_message(StatusCode::BAD_REQUEST);
+    registry.stop().await;
+}

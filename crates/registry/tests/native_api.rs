@@ -345,3 +345,72 @@ async fn request_ids_are_kept_or_made() {
     assert_eq!(made.json()["request_id"], id);
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn the_replication_api_applies_batches_and_answers_digests() {
+    let registry = start(quiet_config()).await;
+    registry.register("orders", "o1", 8080).await;
+    let held = registry.get("/v1/apps/ORDERS/o1").await.json()["instance"].clone();
+    let mut newer = held.clone();
+    newer["last_updated_timestamp"] = json!(held["last_updated_timestamp"].as_u64().expect("stamp") + 10);
+    newer["metadata"] = json!({"from": "peer"});
+    let mut older = held.clone();
+    older["last_updated_timestamp"] = json!(1);
+    let batch = json!({"items": [
+        {"action": "register", "instance": newer},
+        {"action": "register", "instance": older},
+        {"action": "renew", "app": "ORDERS", "instance_id": "ghost", "last_dirty_timestamp": 1, "renewed_at": 1},
+    ]});
+    let answer = registry.post_json("/v1/replication/batch", &batch).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let statuses: Vec<u64> = answer.json()["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["status"].as_u64().expect("status"))
+        .collect();
+    assert_eq!(statuses, [200, 409, 404]);
+    assert_eq!(
+        registry.get("/v1/apps/ORDERS/o1").await.json()["instance"]["metadata"]["from"],
+        "peer"
+    );
+    assert!(
+        answer.headers.contains_key("x-rtalpha-node"),
+        "the receiver names itself"
+    );
+
+    // A digest that differs gets this node's entries back; one that matches gets nothing.
+    let reply = registry
+        .post_json("/v1/replication/digest", &json!({"apps": {"ORDERS": 1, "GHOSTS": 2}}))
+        .await
+        .json();
+    assert_eq!(reply["apps"]["ORDERS"][0]["instance_id"], "o1");
+    assert_eq!(reply["apps"]["GHOSTS"], json!([]));
+    let fetched = registry
+        .post_json(
+            "/v1/replication/fetch",
+            &json!({"keys": [["ORDERS", "o1"], ["ORDERS", "nope"]]}),
+        )
+        .await
+        .json();
+    assert_eq!(fetched["instances"].as_array().map(Vec::len), Some(1));
+    let snapshot = registry.get("/v1/replication/snapshot").await.json();
+    assert_eq!(snapshot["instances"][0]["instance_id"], "o1");
+
+    // A request carrying this node's own id is refused: the node is in its own peer list.
+    let node = answer.headers["x-rtalpha-node"].to_str().expect("ascii").to_owned();
+    let looped = registry
+        .send(
+            Method::POST,
+            "/v1/replication/batch",
+            &[("content-type", "application/json"), ("x-rtalpha-node", &node)],
+            r#"{"items":[]}"#,
+        )
+        .await;
+    looped.error_message(StatusCode::LOOP_DETECTED);
+    registry
+        .post_json("/v1/replication/batch", &json!({"items": [{"action": "fly"}]}))
+        .await
+        .error_message(StatusCode::BAD_REQUEST);
+    registry.stop().await;
+}

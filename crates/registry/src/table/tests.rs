@@ -5,6 +5,8 @@ use std::time::Duration;
 use rtalpha_proto::registry::ChangeKind;
 use rtalpha_proto::{DataCenter, Instance, LeaseInfo, Port, Status};
 
+use rtalpha_proto::replication::{Stamp, Tombstone};
+
 use super::*;
 use crate::clock::Clock;
 use crate::config::SelfPreservationSettings;
@@ -387,4 +389,169 @@ async fn a_re_registration_with_a_newer_dirty_timestamp_is_stored() {
         last_dirty_timestamp: Some(5_000),
     };
     assert_eq!(table.renew("ORDERS", "a", report), Ok(Renewal::Renewed));
+}
+
+fn stamped(app: &str, id: &str, dirty: u64, updated: u64) -> Instance {
+    let mut record = instance(app, id);
+    record.last_dirty_timestamp = dirty;
+    record.last_updated_timestamp = updated;
+    record.lease.last_renewal_timestamp = Clock::new().now_ms();
+    record
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_record_is_stored_with_its_stamps_unless_a_newer_one_is_held() {
+    let table = table(without_preservation());
+    let Applied::Stored(Some(change)) = table.apply_record(stamped("ORDERS", "a", 10, 20)) else {
+        panic!("a new record is stored");
+    };
+    assert_eq!(change.kind, ChangeKind::Registered);
+    let held = table.read().instance("ORDERS", "a").unwrap();
+    assert_eq!(
+        (held.last_dirty_timestamp, held.last_updated_timestamp),
+        (10, 20),
+        "the peer's stamps are kept"
+    );
+
+    assert_eq!(
+        table.apply_record(stamped("ORDERS", "a", 10, 20)),
+        Applied::Stored(None),
+        "the same record again"
+    );
+    let Applied::NewerRecord(newer) = table.apply_record(stamped("ORDERS", "a", 10, 19)) else {
+        panic!("an older record is refused");
+    };
+    assert_eq!(newer.last_updated_timestamp, 20);
+    let mut moved = stamped("ORDERS", "a", 11, 5);
+    moved.port.number = 9999;
+    assert!(
+        matches!(table.apply_record(moved), Applied::Stored(Some(_))),
+        "a newer dirty timestamp wins"
+    );
+    assert_eq!(table.read().instance("ORDERS", "a").unwrap().port.number, 9999);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellations_win_over_older_records_and_lose_to_newer_ones() {
+    let table = table(without_preservation());
+    table.apply_record(stamped("ORDERS", "a", 10, 20));
+    let tombstone = |dirty, updated| Tombstone {
+        app: "ORDERS".into(),
+        instance_id: "a".into(),
+        stamp: Stamp { dirty, updated },
+    };
+    assert!(matches!(
+        table.apply_tombstone(tombstone(10, 15)),
+        Applied::NewerRecord(_)
+    ));
+    assert!(table.read().instance("ORDERS", "a").is_some());
+    let Applied::Stored(Some(change)) = table.apply_tombstone(tombstone(10, 30)) else {
+        panic!("a newer cancellation removes the record");
+    };
+    assert_eq!(change.kind, ChangeKind::Cancelled);
+    assert!(table.read().instance("ORDERS", "a").is_none());
+    // The record that was cancelled cannot come back through a stale copy...
+    assert!(matches!(
+        table.apply_record(stamped("ORDERS", "a", 10, 20)),
+        Applied::NewerTombstone(_)
+    ));
+    // ...but a re-registration after the cancellation does.
+    assert!(matches!(
+        table.apply_record(stamped("ORDERS", "a", 11, 40)),
+        Applied::Stored(Some(_))
+    ));
+    let entries = table.digest_entries();
+    assert_eq!(entries["ORDERS"].len(), 1);
+    assert!(!entries["ORDERS"][0].deleted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn local_cancellations_leave_tombstones_and_evictions_do_not() {
+    let table = table(without_preservation());
+    table.register(instance("ORDERS", "cancelled")).unwrap();
+    table.register(instance("ORDERS", "evicted")).unwrap();
+    table.cancel("ORDERS", "cancelled").unwrap();
+    tokio::time::advance(Duration::from_secs(91)).await;
+    table.sweep();
+    let entries = table.digest_entries();
+    let ids: Vec<(&str, bool)> = entries["ORDERS"]
+        .iter()
+        .map(|e| (e.instance_id.as_str(), e.deleted))
+        .collect();
+    assert_eq!(ids, [("cancelled", true)]);
+    assert_eq!(table.snapshot().tombstones.len(), 1);
+    tokio::time::advance(Duration::from_secs(600)).await;
+    table.sweep();
+    assert!(
+        table.snapshot().tombstones.is_empty(),
+        "tombstones are forgotten after their retention"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicated_renewals_keep_leases_alive_and_count_for_self_preservation() {
+    let table = table(SelfPreservationSettings::default());
+    for n in 0..5 {
+        table.apply_record(stamped("ORDERS", &format!("i{n}"), 1, 1));
+    }
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let now = table.clock().now_ms();
+        for n in 0..5 {
+            assert_eq!(
+                table.apply_renewal("ORDERS", &format!("i{n}"), 1, now),
+                Ok(Renewal::Renewed)
+            );
+        }
+        table.sample_renewals();
+    }
+    let sweep = table.sweep();
+    assert!(sweep.evicted.is_empty());
+    assert!(!sweep.self_preservation.active, "{:?}", sweep.self_preservation);
+    assert!(sweep.self_preservation.renewals_in_window >= 10);
+    assert_eq!(
+        table.apply_renewal("ORDERS", "i0", 2, 0),
+        Ok(Renewal::MustRegister),
+        "the peer's record is newer"
+    );
+    assert!(table.apply_renewal("ORDERS", "nope", 1, 0).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_eviction_during_warm_up() {
+    let table = table(without_preservation());
+    table.register(instance("ORDERS", "a")).unwrap();
+    table.suspend_eviction_until(table.clock().now_ms() + 120_000);
+    tokio::time::advance(Duration::from_secs(100)).await;
+    let sweep = table.sweep();
+    assert!(sweep.evicted.is_empty() && sweep.spared == 1);
+    tokio::time::advance(Duration::from_secs(21)).await;
+    assert_eq!(table.sweep().evicted.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_health_verdict_holds_the_instance_down_until_it_passes() {
+    let table = table(without_preservation());
+    table.register(instance("ORDERS", "a")).unwrap();
+    table.set_health_verdict("ORDERS", "a", false, "answered 500").unwrap();
+    assert_eq!(table.read().instance("ORDERS", "a").unwrap().status, Status::Down);
+    // What the instance says while failing is remembered, not shown.
+    table.register(instance("ORDERS", "a"));
+    let report = RenewalReport {
+        status: Some(Status::Starting),
+        last_dirty_timestamp: None,
+    };
+    table.renew("ORDERS", "a", report).unwrap();
+    let held = table.read().instance("ORDERS", "a").unwrap();
+    assert_eq!(held.status, Status::Down);
+    assert_eq!(
+        held.health_check.as_ref().map(|v| v.reported_status),
+        Some(Status::Starting)
+    );
+    table.set_health_verdict("ORDERS", "a", true, "").unwrap();
+    assert_eq!(table.read().instance("ORDERS", "a").unwrap().status, Status::Starting);
+    assert!(
+        table.set_health_verdict("ORDERS", "a", true, "").unwrap().is_none(),
+        "no flip, no change"
+    );
 }
