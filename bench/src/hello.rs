@@ -1,0 +1,54 @@
+//! The baseline: a bare hyper 1 HTTP/1.1 server that reads each request body and
+//! answers `hello`. It does what any HTTP server must do and nothing else, so the
+//! registry's rate divided by its rate is the share left after routing, middleware,
+//! JSON and the lease table.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// Serves until `max_run` has passed (or the process is killed).
+pub async fn run(bind: SocketAddr, max_run: Duration) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    eprintln!("hello: listening on {}", listener.local_addr()?);
+    let deadline = tokio::time::sleep(max_run);
+    tokio::pin!(deadline);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of file descriptors and the like: keep serving the others.
+                Err(err) => {
+                    eprintln!("hello: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut deadline => return Ok(()),
+        };
+        tokio::spawn(async move {
+            // A client that hangs up mid-request is no concern of the baseline's.
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(answer))
+                .await;
+        });
+    }
+}
+
+async fn answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    // Read the body as the registry does, so a POST costs both the same on the wire.
+    let _ = request.into_body().collect().await;
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
