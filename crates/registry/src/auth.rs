@@ -4,8 +4,7 @@
 //! and send them as Basic authentication. Health, readiness and metrics stay open;
 //! they are served outside this layer.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use http::HeaderValue;
@@ -14,11 +13,11 @@ use rtalpha_runtime::ApiError;
 
 use crate::server::AppState;
 
-/// Refuses a request without the configured credentials.
-pub async fn require_credentials(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The 401 for a request without the configured credentials; `None` lets it through.
+pub fn refusal(state: &AppState, request: &Request) -> Option<Response> {
     let auth = &state.settings.auth;
     let (Some(user), Some(password)) = (&auth.username, &auth.password) else {
-        return next.run(request).await;
+        return None;
     };
     let presented = request
         .headers()
@@ -28,14 +27,14 @@ pub async fn require_credentials(State(state): State<AppState>, request: Request
         .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok());
     let expected = format!("{user}:{password}");
     if presented.is_some_and(|bytes| constant_time_eq(&bytes, expected.as_bytes())) {
-        return next.run(request).await;
+        return None;
     }
     let mut response = ApiError::unauthorized("this registry needs HTTP Basic credentials").into_response();
     response.headers_mut().insert(
         WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"rtalpha registry\""),
     );
-    response
+    Some(response)
 }
 
 /// Compares without an early exit, so timing does not tell how much of a guess matched.

@@ -29,20 +29,32 @@ use crate::{api, auth, dashboard, eureka, probe, replication};
 /// How often renewals are sampled for the self-preservation window.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the handlers share.
+/// What the handlers share, behind one `Arc`: axum clones the state for every layer
+/// of every request, so a clone must be a single reference-count increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The shared parts of [`AppState`].
+pub struct Shared {
     /// The lease table.
     pub table: Arc<LeaseTable>,
     /// The registry's settings.
-    pub settings: Arc<RegistrySettings>,
+    pub settings: RegistrySettings,
     /// Cancelled on shutdown: ends watches and blocking queries.
     pub shutdown: CancellationToken,
     /// Encoded full fetches by format, valid for one version index.
-    pub encodings: Arc<EncodingCache>,
+    pub encodings: EncodingCache,
     /// The cluster, when peers are configured.
     pub cluster: Option<Arc<Cluster>>,
-    node_id: Arc<str>,
+    node_id: String,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The formats a whole-registry answer is encoded in.
@@ -110,14 +122,14 @@ impl AppState {
                 settings.cluster.clone(),
             ))
         });
-        AppState {
+        AppState(Arc::new(Shared {
             table,
-            settings: Arc::new(settings),
+            settings,
             shutdown,
-            encodings: Arc::new(EncodingCache::default()),
+            encodings: EncodingCache::default(),
             cluster,
-            node_id: node_id.into(),
-        }
+            node_id,
+        }))
     }
 
     /// This node's id in the cluster.
@@ -238,13 +250,16 @@ pub fn routes(state: AppState) -> Router {
         .merge(eureka::routes())
         .merge(dashboard::routes())
         .merge(replication::routes())
-        .layer(middleware::from_fn_with_state(state.clone(), index_header))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::require_credentials))
+        .layer(middleware::from_fn_with_state(state.clone(), guard_and_index))
         .with_state(state)
 }
 
-/// Every registry response carries the version index.
-async fn index_header(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Checks credentials, then stamps the version index on the answer: one middleware,
+/// because every layer costs a state clone per request.
+async fn guard_and_index(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(refusal) = auth::refusal(&state, &request) {
+        return refusal;
+    }
     let mut response = next.run(request).await;
     response
         .headers_mut()

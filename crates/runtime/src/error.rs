@@ -1,21 +1,17 @@
 //! The JSON error body of every failed request (DESIGN.md §5).
 //!
-//! Handlers return [`ApiError`]; it becomes a response whose body the
-//! [`json_errors`] middleware completes with the request path and request id. Every
-//! other 4xx or 5xx response (axum's own extractor rejections, unknown routes, 405,
-//! 413 from the body limit) is rewritten by the same middleware, so that no failure
-//! leaves a server without the JSON body.
+//! Handlers return [`ApiError`]; it becomes a response whose body the platform
+//! middleware completes with [`with_json_body`], adding the request path and request
+//! id. Every other 4xx or 5xx response (axum's own extractor rejections, unknown routes,
+//! 405, 413 from the body limit) is rewritten the same way, so that no failure leaves a
+//! server without the JSON body.
 
 use axum::body::Body;
-use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use rtalpha_proto::ErrorBody;
-
-use crate::http::RequestId;
 
 /// A failed request: a status and a message for the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,15 +75,8 @@ impl IntoResponse for ApiError {
 /// The longest upstream error text kept as a message; the rest is cut.
 const MAX_MESSAGE_BYTES: usize = 1024;
 
-/// Gives every 4xx and 5xx response the JSON error body.
-pub async fn json_errors(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let request_id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
-    let response = next.run(request).await;
+/// Gives a 4xx or 5xx response the JSON error body; other responses pass unchanged.
+pub async fn with_json_body(response: Response, path: &str, request_id: &str) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -111,8 +100,8 @@ pub async fn json_errors(request: Request, next: Next) -> Response {
         status: status.as_u16(),
         error: status.canonical_reason().unwrap_or("Unknown").to_owned(),
         message,
-        path,
-        request_id,
+        path: path.to_owned(),
+        request_id: request_id.to_owned(),
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     parts

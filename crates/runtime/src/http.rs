@@ -5,6 +5,8 @@
 //! limit; plus `/health`, `/ready` and `/metrics`. It returns when the shutdown token
 //! is cancelled and in-flight requests have drained, or when the grace period ends.
 
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -13,11 +15,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderValue, Method, StatusCode};
+use metrics::{Counter, Histogram};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::json_errors;
+use crate::error;
 use crate::health::{Health, HealthState};
 use crate::telemetry;
 
@@ -69,14 +72,12 @@ pub fn with_platform_layers(routes: Router, options: &ServeOptions) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(options.health.clone());
-    // Layers run outermost-last-added: the request id must exist before the access log
-    // and the error body read it, and the body limit applies only to handlers.
+    // One middleware for the request id, the access log, the metrics and the error body:
+    // axum clones every layer's service for every request, so fewer layers cost less.
     routes
         .merge(platform)
         .layer(DefaultBodyLimit::max(options.max_body_bytes))
-        .layer(middleware::from_fn(json_errors))
-        .layer(middleware::from_fn(access_log))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(platform_layer))
 }
 
 async fn health(State(health): State<Health>) -> Response {
@@ -115,51 +116,79 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(text)
 }
 
-async fn request_id(mut request: Request, next: Next) -> Response {
+/// Request counters and duration histograms, by route, method and status: the handles
+/// are made once per label set, so the hot path is a map lookup and two atomic updates.
+#[derive(Default)]
+struct RequestMetrics {
+    by_route: RwLock<HashMap<String, HashMap<(Method, u16), (Counter, Histogram)>>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Ok(routes) = self.by_route.read()
+            && let Some((counter, histogram)) = routes.get(route).and_then(|m| m.get(&(method.clone(), status)))
+        {
+            counter.increment(1);
+            histogram.record(seconds);
+            return;
+        }
+        let labels = [
+            ("method", method.as_str().to_owned()),
+            ("route", route.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let counter = metrics::counter!("http_server_requests_total", &labels);
+        let histogram = metrics::histogram!("http_server_request_duration_seconds", &labels[..2]);
+        counter.increment(1);
+        histogram.record(seconds);
+        if let Ok(mut routes) = self.by_route.write() {
+            routes
+                .entry(route.to_owned())
+                .or_default()
+                .insert((method.clone(), status), (counter, histogram));
+        }
+    }
+}
+
+static REQUEST_METRICS: OnceLock<RequestMetrics> = OnceLock::new();
+
+/// The request id, the access log, request metrics and the JSON error body.
+async fn platform_layer(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
     let id = request
         .headers()
         .get(REQUEST_ID_HEADER)
         .and_then(acceptable_request_id)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    let header = HeaderValue::from_str(&id).ok();
-    request.extensions_mut().insert(RequestId(id));
-    let mut response = next.run(request).await;
-    if let Some(header) = header {
-        response.headers_mut().insert(REQUEST_ID_HEADER, header);
-    }
-    response
-}
-
-async fn access_log(request: Request, next: Next) -> Response {
-    let started = Instant::now();
     let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let path = request.uri().path().to_owned();
-    let id = request
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_default();
+        .map(|matched| matched.as_str().to_owned());
+    request.extensions_mut().insert(RequestId(id.clone()));
     let response = next.run(request).await;
+    let mut response = error::with_json_body(response, &path, &id).await;
+    if let Ok(header) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, header);
+    }
     let elapsed = started.elapsed();
     let status = response.status();
-    let labels = [
-        ("method", method.as_str().to_owned()),
-        ("route", route),
-        ("status", status.as_u16().to_string()),
-    ];
-    metrics::counter!("http_server_requests_total", &labels).increment(1);
-    metrics::histogram!("http_server_request_duration_seconds", &labels[..2]).record(elapsed.as_secs_f64());
+    REQUEST_METRICS.get_or_init(RequestMetrics::default).record(
+        route.as_deref().unwrap_or("unmatched"),
+        &method,
+        status.as_u16(),
+        elapsed,
+    );
+    let micros = elapsed.as_micros() as u64;
     if status.is_server_error() {
-        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, request_id = %id, "request failed");
+        tracing::warn!(%method, %path, status = status.as_u16(), elapsed_us = micros, request_id = %id, "request failed");
     } else if status.is_client_error() {
-        tracing::info!(%method, %path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, request_id = %id, "request refused");
+        tracing::info!(%method, %path, status = status.as_u16(), elapsed_us = micros, request_id = %id, "request refused");
     } else {
-        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_us = elapsed.as_micros() as u64, request_id = %id, "request");
+        tracing::debug!(%method, %path, status = status.as_u16(), elapsed_us = micros, request_id = %id, "request");
     }
     response
 }
