@@ -120,8 +120,11 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
 /// are made once per label set, so the hot path is a map lookup and two atomic updates.
 #[derive(Default)]
 struct RequestMetrics {
-    by_route: RwLock<HashMap<String, HashMap<(Method, u16), (Counter, Histogram)>>>,
+    by_route: RwLock<HashMap<String, RouteMetrics>>,
 }
+
+/// One route's handles by method and status.
+type RouteMetrics = HashMap<(Method, u16), (Counter, Histogram)>;
 
 impl RequestMetrics {
     fn record(&self, route: &str, method: &Method, status: u16, elapsed: Duration) {
