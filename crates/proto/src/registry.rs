@@ -3,6 +3,7 @@
 //! `X-Rtalpha-Index` header.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +125,9 @@ pub struct Change {
     /// The instance.
     pub instance_id: String,
     /// The instance as it is after the change; for a cancellation or eviction, as it
-    /// was when it left.
-    pub instance: Instance,
+    /// was when it left. Shared with the registry's table, so the change log costs no
+    /// copy of the record.
+    pub instance: Arc<Instance>,
 }
 
 /// The changes since a version.

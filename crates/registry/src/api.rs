@@ -8,7 +8,6 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use http::header::CONTENT_TYPE;
 use rtalpha_proto::instance::Port;
 use rtalpha_proto::registry::{
     AppView, AppsView, Delta, InstanceView, MetadataPatch, Registration, RegistryStatus, StatusOverride,
@@ -17,7 +16,8 @@ use rtalpha_proto::{DataCenter, Instance, LeaseInfo, Status};
 use rtalpha_runtime::ApiError;
 use serde::Deserialize;
 
-use crate::server::{AppState, Encoding};
+use crate::encode::{self, Encoding};
+use crate::server::AppState;
 use crate::table::{Renewal, RenewalReport, TableError};
 use crate::watch;
 
@@ -55,29 +55,17 @@ struct BlockingQuery {
     wait: Option<String>,
 }
 
-async fn list_apps(State(state): State<AppState>, Query(query): Query<BlockingQuery>) -> Result<Response, ApiError> {
+async fn list_apps(
+    State(state): State<AppState>,
+    Query(query): Query<BlockingQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(index) = query.index {
         let wait =
             watch::parse_wait(query.wait.as_deref(), state.settings.max_wait)?.unwrap_or(state.settings.max_wait);
         watch::block_until_past(&state, index, wait, || state.table.index()).await;
     }
-    let index = state.table.index();
-    let bytes = state.encodings.get_or_encode(Encoding::Native, index, || {
-        let view = state.table.read();
-        let apps = view
-            .apps()
-            .map(|(name, instances)| AppView {
-                name: name.to_owned(),
-                instances,
-            })
-            .collect();
-        let body = AppsView {
-            index: view.index(),
-            apps,
-        };
-        (view.index(), serde_json::to_vec(&body).unwrap_or_default().into())
-    });
-    Ok(([(CONTENT_TYPE, "application/json")], bytes).into_response())
+    encode::respond(&state.encodings, &state.table, Encoding::Native, &headers).await
 }
 
 async fn get_app(

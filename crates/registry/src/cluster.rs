@@ -22,6 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rtalpha_proto::Instance;
 use rtalpha_proto::registry::{Change, ChangeKind};
 use rtalpha_proto::replication::{
     ClusterView, Digest, DigestEntry, DigestReply, FetchRequest, NODE_HEADER, PeerHealth, ReplicationBatch,
@@ -143,7 +144,7 @@ pub struct Cluster {
 pub fn item_for(change: &Change) -> Option<ReplicationItem> {
     match change.kind {
         ChangeKind::Registered | ChangeKind::Modified => Some(ReplicationItem::Register {
-            instance: Box::new(change.instance.clone()),
+            instance: Box::new(Instance::clone(&change.instance)),
         }),
         ChangeKind::Cancelled => Some(ReplicationItem::Cancel {
             tombstone: Tombstone {

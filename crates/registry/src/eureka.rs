@@ -23,7 +23,8 @@ use rtalpha_runtime::ApiError;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::server::{AppState, Encoding};
+use crate::encode::{self, Encoding};
+use crate::server::AppState;
 use crate::table::{Renewal, RenewalReport, TableError};
 use crate::xml;
 
@@ -63,9 +64,9 @@ impl Format {
     fn render(self, root: &str, value: &Value) -> Response {
         match self {
             Format::Json => {
-                let mut wrapped = serde_json::Map::new();
-                wrapped.insert(root.to_owned(), value.clone());
-                let body = serde_json::to_vec(&Value::Object(wrapped)).unwrap_or_default();
+                let mut body = format!("{{\"{root}\":").into_bytes();
+                let _ = serde_json::to_writer(&mut body, value);
+                body.push(b'}');
                 ([(CONTENT_TYPE, "application/json")], body).into_response()
             }
             Format::Xml => ([(CONTENT_TYPE, "application/xml")], xml::to_xml(root, value)).into_response(),
@@ -89,36 +90,12 @@ fn applications_value(index: u64, hash: String, apps: &[(String, Vec<Instance>)]
     serde_json::to_value(body).unwrap_or(Value::Null)
 }
 
-fn render_bytes(format: Format, root: &str, value: &Value) -> Bytes {
-    match format {
-        Format::Json => {
-            let mut wrapped = serde_json::Map::new();
-            wrapped.insert(root.to_owned(), value.clone());
-            serde_json::to_vec(&Value::Object(wrapped)).unwrap_or_default().into()
-        }
-        Format::Xml => xml::to_xml(root, value).into(),
-    }
-}
-
-async fn all_apps(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let format = Format::of(&headers);
-    let encoding = match format {
+async fn all_apps(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let encoding = match Format::of(&headers) {
         Format::Json => Encoding::EurekaJson,
         Format::Xml => Encoding::EurekaXml,
     };
-    let index = state.table.index();
-    let bytes = state.encodings.get_or_encode(encoding, index, || {
-        let view = state.table.read();
-        let apps: Vec<(String, Vec<Instance>)> = view.apps().map(|(name, list)| (name.to_owned(), list)).collect();
-        let hash = wire::reconcile_hash_code(view.statuses());
-        let value = applications_value(view.index(), hash, &apps);
-        (view.index(), render_bytes(format, "applications", &value))
-    });
-    let content_type = match format {
-        Format::Json => "application/json",
-        Format::Xml => "application/xml",
-    };
-    ([(CONTENT_TYPE, content_type)], bytes).into_response()
+    encode::respond(&state.encodings, &state.table, encoding, &headers).await
 }
 
 async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -129,7 +106,7 @@ async fn delta(State(state): State<AppState>, headers: HeaderMap) -> Response {
     for change in view.recent_changes() {
         latest.insert(
             (change.app.clone(), change.instance_id.clone()),
-            change.instance.clone(),
+            Instance::clone(&change.instance),
         );
     }
     let mut apps: BTreeMap<String, Vec<Instance>> = BTreeMap::new();

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 mod dashboard;
+pub mod encode;
 pub mod eureka;
 pub mod probe;
 pub mod replication;

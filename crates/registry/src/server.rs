@@ -1,15 +1,13 @@
 //! Assembles the registry: state, routes, background tasks, and `run`.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use bytes::Bytes;
 use http::HeaderValue;
 use rtalpha_proto::registry::{Change, INDEX_HEADER, MetadataPatch};
 use rtalpha_proto::replication::ReplicationItem;
@@ -23,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::config::{Config, RegistrySettings};
+use crate::encode::EncodingCache;
 use crate::table::{LeaseTable, Renewal, RenewalReport, TableError, TableSettings};
 use crate::{api, auth, dashboard, eureka, probe, replication};
 
@@ -54,44 +53,6 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &Shared {
         &self.0
-    }
-}
-
-/// The formats a whole-registry answer is encoded in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Encoding {
-    /// The native `/v1/apps` JSON.
-    Native,
-    /// Eureka's JSON.
-    EurekaJson,
-    /// Eureka's XML.
-    EurekaXml,
-}
-
-/// Encoded full fetches, each valid for the version index it was made at: a fetch of
-/// 100,000 instances is encoded once per change, not once per request.
-#[derive(Debug, Default)]
-pub struct EncodingCache {
-    entries: Mutex<HashMap<Encoding, (u64, Bytes)>>,
-}
-
-impl EncodingCache {
-    /// The encoding at `index`, made by `encode` if not already held.
-    pub fn get_or_encode(&self, encoding: Encoding, index: u64, encode: impl FnOnce() -> (u64, Bytes)) -> Bytes {
-        if let Some((held, bytes)) = self.lock().get(&encoding)
-            && *held == index
-        {
-            return bytes.clone();
-        }
-        // Encode outside the lock: concurrent misses may both encode, which is cheaper
-        // than making every reader wait behind one encoder.
-        let (encoded_at, bytes) = encode();
-        self.lock().insert(encoding, (encoded_at, bytes.clone()));
-        bytes
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Encoding, (u64, Bytes)>> {
-        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -65,6 +65,9 @@ pub struct HealthCheckTarget {
     pub passing: Option<bool>,
 }
 
+/// An app's records as shared references, each with its renewal time (ms).
+pub type SharedApp = (String, Vec<(Arc<Instance>, u64)>);
+
 /// What a renewal found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Renewal {
@@ -88,12 +91,13 @@ pub struct RenewalReport {
 /// An instance record and the time of its last renewal.
 #[derive(Debug)]
 struct Lease {
-    instance: Instance,
+    /// Shared with the change log; edited copy-on-write.
+    instance: Arc<Instance>,
     last_renewal_ms: AtomicU64,
 }
 
 impl Lease {
-    fn new(instance: Instance) -> Self {
+    fn new(instance: Arc<Instance>) -> Self {
         let last = instance.lease.last_renewal_timestamp;
         Lease {
             instance,
@@ -103,7 +107,7 @@ impl Lease {
 
     /// The record with the current renewal time.
     fn snapshot(&self) -> Instance {
-        let mut instance = self.instance.clone();
+        let mut instance = Instance::clone(&self.instance);
         instance.lease.last_renewal_timestamp = self.last_renewal_ms.load(Ordering::Relaxed);
         instance
     }
@@ -221,6 +225,23 @@ impl ReadView<'_> {
             .apps
             .iter()
             .map(|(name, app)| (name.as_str(), app.instances.values().map(Lease::snapshot).collect()))
+    }
+
+    /// Every app's records as shared references with their renewal times: a snapshot
+    /// that costs no copy of a record, for encoding off the lock.
+    pub fn shared_apps(&self) -> Vec<SharedApp> {
+        self.state
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                let leases = app
+                    .instances
+                    .values()
+                    .map(|lease| (lease.instance.clone(), lease.last_renewal_ms.load(Ordering::Relaxed)))
+                    .collect();
+                (name.clone(), leases)
+            })
+            .collect()
     }
 
     /// One app's instances and the index of its last change.
@@ -456,6 +477,7 @@ impl LeaseTable {
         instance.last_updated_timestamp = now;
         let id = instance.instance_id.clone();
         let app_name = instance.app.clone();
+        let instance = Arc::new(instance);
         app.instances.insert(id.clone(), Lease::new(instance.clone()));
         state.tombstones.remove(&(app_name.clone(), id.clone()));
         Some(self.commit(&mut state, kind, app_name, id, instance, now))
@@ -593,22 +615,25 @@ impl LeaseTable {
         if renews {
             lease.last_renewal_ms.store(now, Ordering::Relaxed);
         }
-        if !edit(&mut lease.instance) {
+        // Edit a copy: the record held is shared with the change log.
+        let mut edited = Instance::clone(&lease.instance);
+        if !edit(&mut edited) {
             return Ok(None);
         }
-        let instance = &mut lease.instance;
-        if instance.status == Status::Up && instance.lease.service_up_timestamp == 0 {
-            instance.lease.service_up_timestamp = now;
+        edited.lease.last_renewal_timestamp = lease.last_renewal_ms.load(Ordering::Relaxed);
+        if edited.status == Status::Up && edited.lease.service_up_timestamp == 0 {
+            edited.lease.service_up_timestamp = now;
         }
-        instance.last_updated_timestamp = now;
-        instance.action_type = Some(ActionType::Modified);
-        let snapshot = lease.snapshot();
+        edited.last_updated_timestamp = now;
+        edited.action_type = Some(ActionType::Modified);
+        let shared = Arc::new(edited);
+        lease.instance = shared.clone();
         Ok(Some(self.commit(
             &mut state,
             ChangeKind::Modified,
             app.to_owned(),
             id.to_owned(),
-            snapshot,
+            shared,
             now,
         )))
     }
@@ -635,7 +660,7 @@ impl LeaseTable {
             };
             state.tombstones.insert((app.to_owned(), id.to_owned()), tombstone);
         }
-        Ok(self.commit(&mut state, kind, app.to_owned(), id.to_owned(), instance, now))
+        Ok(self.commit(&mut state, kind, app.to_owned(), id.to_owned(), Arc::new(instance), now))
     }
 
     /// Bumps the index, logs the change and tells watchers, under the write lock.
@@ -645,7 +670,7 @@ impl LeaseTable {
         kind: ChangeKind,
         app: String,
         instance_id: String,
-        instance: Instance,
+        instance: Arc<Instance>,
         now: u64,
     ) -> Arc<Change> {
         state.index += 1;
@@ -865,6 +890,7 @@ impl LeaseTable {
         instance.zone = instance.declared_zone();
         state.tombstones.remove(&key);
         let entry = state.apps.entry(key.0.clone()).or_default();
+        let instance = Arc::new(instance);
         entry.instances.insert(key.1.clone(), Lease::new(instance.clone()));
         Applied::Stored(Some(self.commit(&mut state, kind, key.0, key.1, instance, now)))
     }
@@ -922,7 +948,7 @@ impl LeaseTable {
             ChangeKind::Cancelled,
             key.0,
             key.1,
-            instance,
+            Arc::new(instance),
             now,
         )))
     }

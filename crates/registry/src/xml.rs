@@ -44,7 +44,8 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-fn write_element(writer: &mut Writer<Vec<u8>>, name: &str, value: &Value) {
+/// Writes `value` as the element `name` into a streaming writer.
+pub fn write_element<W: std::io::Write>(writer: &mut Writer<W>, name: &str, value: &Value) {
     // Keys that are not XML names (free-form metadata keys can be anything) are left
     // out rather than written as broken XML.
     if !is_xml_name(name) {

@@ -372,3 +372,43 @@ async fn eureka_peer_replication_batches_are_applied_without_re_replication() {
         .error_message(StatusCode::BAD_REQUEST);
     registry.stop().await;
 }
+
+#[tokio::test]
+async fn full_fetches_are_gzip_for_clients_that_accept_it() {
+    use std::io::Read;
+    let registry = start(quiet_config()).await;
+    registry
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o1", 8080))
+        .await;
+    let plain = registry.get_json("/eureka/apps").await;
+    assert!(!plain.headers.contains_key("content-encoding"));
+    let gzipped = registry
+        .send(
+            Method::GET,
+            "/eureka/apps",
+            &[("accept", "application/json"), ("accept-encoding", "gzip, deflate")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(gzipped.headers["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers["vary"], "accept-encoding");
+    let mut inflated = Vec::new();
+    flate2::read::GzDecoder::new(&gzipped.body[..])
+        .read_to_end(&mut inflated)
+        .expect("gzip");
+    assert_eq!(inflated, plain.body.to_vec());
+    // A change invalidates the held encoding at once.
+    registry
+        .post_json("/eureka/apps/ORDERS", &eureka_instance("ORDERS", "o2", 8081))
+        .await;
+    let after = registry.get_json("/eureka/apps").await.json();
+    assert_eq!(
+        after["applications"]["application"][0]["instance"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let xml = registry.get("/eureka/apps").await.text();
+    assert_eq!(xml.matches("<instance>").count(), 2, "{xml}");
+    registry.stop().await;
+}

@@ -266,6 +266,9 @@ fn a_lost_batch_is_repaired_by_anti_entropy() {
     // Without C, only A's replication and anti-entropy can bring B the write.
     assert_eq!(cluster.c.stop(), Some(0));
     let (a, b) = (&cluster.a, &cluster.b);
+    // B must not pull the write from A by its own anti-entropy before the check.
+    let b_to_a = &cluster.others[1];
+    b_to_a.set(Mode::Cut);
     cluster.a_to_b.set(Mode::AckAndDrop);
     a.register("orders", "lost", "");
     assert!(
@@ -278,6 +281,7 @@ fn a_lost_batch_is_repaired_by_anti_entropy() {
         "the batch never reached B"
     );
     cluster.a_to_b.set(Mode::Pass);
+    b_to_a.set(Mode::Pass);
     assert!(
         eventually(Duration::from_secs(6), || b
             .instances()
