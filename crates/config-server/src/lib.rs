@@ -1,0 +1,5 @@
+//! The rtalpha config server.
+
+pub mod cipher;
+pub mod parse;
+pub mod repo;

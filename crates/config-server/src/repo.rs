@@ -1,0 +1,304 @@
+//! Where configuration comes from: a plain directory ("native") or a git repository,
+//! read into an in-memory [`Tree`] of files at a label.
+//!
+//! A git repository is cloned once (bare) into `basedir` and then only fetched; trees
+//! are read from the local object database. Fetching is the only step that touches the
+//! network, and it never runs on the request path.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// Branches land under `refs/remotes/origin/`, tags under `refs/tags/`, both forced:
+/// the clone mirrors the remote, including rewritten history.
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
+
+/// The most a single file may weigh to be served.
+const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Files at one label: path (with `/`) to contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tree {
+    /// The commit id, for git.
+    pub version: Option<String>,
+    /// The label the tree was read at.
+    pub label: String,
+    /// Every file, by path relative to the repository's root.
+    pub files: BTreeMap<String, Arc<Vec<u8>>>,
+}
+
+/// A repository that cannot be read or fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepoError {
+    /// The label names no branch, tag or commit.
+    #[error("no label `{0}` in the repository")]
+    UnknownLabel(String),
+    /// The remote could not be reached or read.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+fn unavailable(context: &str, err: impl std::fmt::Display) -> RepoError {
+    RepoError::Unavailable(format!("{context}: {err}"))
+}
+
+/// A plain directory of configuration files.
+#[derive(Debug, Clone)]
+pub struct NativeRepo {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl NativeRepo {
+    /// Reads every file below the directory (symbolic links that leave it are skipped).
+    pub fn tree(&self, label: &str) -> Result<Tree, RepoError> {
+        let root = self
+            .dir
+            .canonicalize()
+            .map_err(|err| unavailable(&format!("cannot open {}", self.dir.display()), err))?;
+        let mut files = BTreeMap::new();
+        walk(&root, &root, &mut files).map_err(|err| unavailable("reading the directory", err))?;
+        Ok(Tree {
+            version: None,
+            label: label.to_owned(),
+            files,
+        })
+    }
+}
+
+fn walk(root: &Path, dir: &Path, files: &mut BTreeMap<String, Arc<Vec<u8>>>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Resolve links, and keep only what stays inside the root.
+        let Ok(path) = entry.path().canonicalize() else {
+            continue;
+        };
+        if !path.starts_with(root) {
+            continue;
+        }
+        let meta = std::fs::metadata(&path)?;
+        if meta.is_dir() {
+            walk(root, &path, files)?;
+        } else if meta.is_file() && (meta.len() as usize) <= MAX_FILE_BYTES {
+            let relative = entry
+                .path()
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().replace('\\', "/"))
+                .unwrap_or_default();
+            files.insert(relative, Arc::new(std::fs::read(&path)?));
+        }
+    }
+    Ok(())
+}
+
+/// A git repository, cloned bare into a local directory.
+#[derive(Debug, Clone)]
+pub struct GitRepo {
+    /// The remote: a URL or a local path.
+    pub uri: String,
+    /// The local clone.
+    pub dir: PathBuf,
+    /// Fetch only this many commits (`None`: everything).
+    pub depth: Option<u32>,
+}
+
+impl GitRepo {
+    fn url(&self) -> String {
+        let looks_like_url = self.uri.contains("://") || self.uri.starts_with("git@");
+        if looks_like_url {
+            self.uri.clone()
+        } else {
+            // A local path: absolute, as a file URL.
+            let path = Path::new(&self.uri);
+            let absolute = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+            format!("file://{}", absolute.display())
+        }
+    }
+
+    /// Whether a local clone exists.
+    pub fn has_clone(&self) -> bool {
+        gix::open(&self.dir).is_ok()
+    }
+
+    /// Clones if there is no local clone yet, fetches otherwise. Blocking: run it off
+    /// the async runtime. `interrupt` stops it early.
+    pub fn sync(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
+        if self.has_clone() {
+            return self.fetch(interrupt);
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(|err| unavailable("clearing a broken clone", err))?;
+        }
+        std::fs::create_dir_all(&self.dir).map_err(|err| unavailable("creating the clone directory", err))?;
+        let mut prepare =
+            gix::prepare_clone_bare(self.url().as_str(), &self.dir).map_err(|err| unavailable("cloning", err))?;
+        if let Some(depth) = self.depth.and_then(std::num::NonZeroU32::new) {
+            prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
+        }
+        prepare = prepare.configure_remote(|remote| Ok(remote.with_refspecs(REFSPECS, gix::remote::Direction::Fetch)?));
+        prepare
+            .fetch_only(gix::progress::Discard, interrupt)
+            .map_err(|err| unavailable(&format!("cloning {}", self.uri), err))?;
+        Ok(())
+    }
+
+    fn fetch(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
+        let repo = gix::open(&self.dir).map_err(|err| unavailable("opening the clone", err))?;
+        let remote = repo
+            .find_default_remote(gix::remote::Direction::Fetch)
+            .ok_or_else(|| RepoError::Unavailable("the clone has no remote".to_owned()))?
+            .map_err(|err| unavailable("reading the remote", err))?
+            .with_refspecs(REFSPECS, gix::remote::Direction::Fetch)
+            .map_err(|err| unavailable("configuring the remote", err))?;
+        let connection = remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|err| unavailable(&format!("connecting to {}", self.uri), err))?;
+        let mut prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|err| unavailable(&format!("fetching from {}", self.uri), err))?;
+        if let Some(depth) = self.depth.and_then(std::num::NonZeroU32::new) {
+            prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
+        }
+        prepare
+            .receive(gix::progress::Discard, interrupt)
+            .map_err(|err| unavailable(&format!("fetching from {}", self.uri), err))?;
+        Ok(())
+    }
+
+    /// The commit a label names, from the local clone.
+    pub fn resolve(&self, label: &str) -> Result<String, RepoError> {
+        let repo = gix::open(&self.dir).map_err(|err| unavailable("opening the clone", err))?;
+        resolve(&repo, label).map(|id| id.to_string())
+    }
+
+    /// The files at a label, from the local clone.
+    pub fn tree(&self, label: &str) -> Result<Tree, RepoError> {
+        let repo = gix::open(&self.dir).map_err(|err| unavailable("opening the clone", err))?;
+        let id = resolve(&repo, label)?;
+        let commit = repo
+            .find_commit(id)
+            .map_err(|_| RepoError::UnknownLabel(label.to_owned()))?;
+        let tree = commit.tree().map_err(|err| unavailable("reading the commit", err))?;
+        let mut recorder = gix::traverse::tree::Recorder::default();
+        tree.traverse()
+            .breadthfirst(&mut recorder)
+            .map_err(|err| unavailable("reading the tree", err))?;
+        let mut files = BTreeMap::new();
+        for entry in recorder.records {
+            if !entry.mode.is_blob() {
+                continue;
+            }
+            let object = repo
+                .find_object(entry.oid)
+                .map_err(|err| unavailable("reading a file", err))?;
+            if object.data.len() <= MAX_FILE_BYTES {
+                files.insert(entry.filepath.to_string(), Arc::new(object.data.clone()));
+            }
+        }
+        Ok(Tree {
+            version: Some(id.to_string()),
+            label: label.to_owned(),
+            files,
+        })
+    }
+}
+
+fn resolve(repo: &gix::Repository, label: &str) -> Result<gix::ObjectId, RepoError> {
+    let candidates = [
+        format!("refs/remotes/origin/{label}"),
+        format!("refs/heads/{label}"),
+        format!("refs/tags/{label}"),
+    ];
+    for name in &candidates {
+        if let Ok(Some(mut reference)) = repo.try_find_reference(name.as_str())
+            && let Ok(id) = reference.peel_to_id()
+        {
+            return Ok(id.detach());
+        }
+    }
+    // A commit id, or anything else git's revision syntax accepts.
+    repo.rev_parse_single(label)
+        .ok()
+        .and_then(|id| id.object().ok())
+        .and_then(|object| object.peel_to_commit().ok())
+        .map(|commit| commit.id)
+        .ok_or_else(|| RepoError::UnknownLabel(label.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn git(dir: &Path, args: &[&str]) {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    }
+
+    #[test]
+    fn clones_reads_labels_and_fetches_new_commits() {
+        let origin = tempfile::tempdir().unwrap();
+        git(origin.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(origin.path().join("application.yml"), "a: 1\n").unwrap();
+        std::fs::create_dir(origin.path().join("sub")).unwrap();
+        std::fs::write(origin.path().join("sub/foo.yml"), "b: 2\n").unwrap();
+        git(origin.path(), &["add", "."]);
+        git(origin.path(), &["commit", "-q", "-m", "one"]);
+        git(origin.path(), &["tag", "v1"]);
+        let clone = tempfile::tempdir().unwrap();
+        let repo = GitRepo {
+            uri: origin.path().display().to_string(),
+            dir: clone.path().join("repo"),
+            depth: None,
+        };
+        let never = AtomicBool::new(false);
+        repo.sync(&never).unwrap();
+        let tree = repo.tree("main").unwrap();
+        assert_eq!(
+            tree.files.keys().collect::<Vec<_>>(),
+            ["application.yml", "sub/foo.yml"]
+        );
+        assert_eq!(tree.files["application.yml"].as_slice(), b"a: 1\n");
+        let first = tree.version.clone().unwrap();
+        assert_eq!(repo.tree("v1").unwrap().version.as_deref(), Some(first.as_str()));
+        assert_eq!(repo.tree(&first).unwrap().version.as_deref(), Some(first.as_str()));
+        assert_eq!(repo.tree("nope").unwrap_err(), RepoError::UnknownLabel("nope".into()));
+
+        std::fs::write(origin.path().join("application.yml"), "a: 2\n").unwrap();
+        git(origin.path(), &["commit", "-q", "-am", "two"]);
+        assert_eq!(
+            repo.tree("main").unwrap().version.as_deref(),
+            Some(first.as_str()),
+            "not before a fetch"
+        );
+        repo.sync(&never).unwrap();
+        let tree = repo.tree("main").unwrap();
+        assert_ne!(tree.version.as_deref(), Some(first.as_str()));
+        assert_eq!(tree.files["application.yml"].as_slice(), b"a: 2\n");
+    }
+
+    #[test]
+    fn native_trees_skip_links_that_leave_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("app.yml"), "x: 1").unwrap();
+        std::fs::write(outside.path().join("secret"), "no").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("leak")).unwrap();
+        let tree = NativeRepo { dir: dir.path().into() }.tree("main").unwrap();
+        assert_eq!(tree.files.keys().collect::<Vec<_>>(), ["app.yml"]);
+    }
+}
