@@ -140,7 +140,7 @@ impl GitRepo {
         if let Some(depth) = self.depth.and_then(std::num::NonZeroU32::new) {
             prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
         }
-        prepare = prepare.configure_remote(|remote| Ok(remote.with_refspecs(REFSPECS, gix::remote::Direction::Fetch)?));
+        prepare = prepare.configure_remote(|remote| remote.with_refspecs(REFSPECS, gix::remote::Direction::Fetch));
         prepare
             .fetch_only(gix::progress::Discard, interrupt)
             .map_err(|err| unavailable(&format!("cloning {}", self.uri), err))?;
