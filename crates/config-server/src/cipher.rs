@@ -107,6 +107,14 @@ mod tests {
     }
 
     #[test]
+    fn decrypts_the_example_of_spring_cloud_configs_documentation() {
+        // The ciphertext Spring's reference guide shows for `mysecret` under key `foo`.
+        let cipher = Cipher::new("foo", DEFAULT_SALT).unwrap();
+        let spring = "682bc583f4641835fa2db009355293665d2647dade3375c0ee201de2a49f7bda";
+        assert_eq!(cipher.decrypt(spring).unwrap(), "mysecret");
+    }
+
+    #[test]
     fn the_format_is_iv_then_ciphertext_in_hex() {
         let cipher = Cipher::new("key", DEFAULT_SALT).unwrap();
         let text = cipher.encrypt_with_iv("x", [7u8; 16]);
