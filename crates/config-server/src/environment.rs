@@ -34,8 +34,8 @@ pub struct Environment {
     pub name: String,
     /// The profiles asked for.
     pub profiles: Vec<String>,
-    /// The label served.
-    pub label: String,
+    /// The label asked for; null when the request named none (as Spring answers).
+    pub label: Option<String>,
     /// The commit id (git), or null.
     pub version: Option<String>,
     /// Anything the client should know about what is served (stale, invalid files).
@@ -43,6 +43,9 @@ pub struct Environment {
     /// Highest precedence first.
     pub property_sources: Vec<PropertySource>,
 }
+
+/// What one serialized Environment depends on besides the snapshot.
+type AnswerKey = (String, String, bool, Option<String>);
 
 /// A parsed configuration file of the snapshot.
 #[derive(Debug, Clone)]
@@ -64,8 +67,8 @@ pub struct Snapshot {
     /// Directories searched, relative to the root, with `{application}`, `{profile}` and
     /// `{label}` placeholders.
     search_paths: Vec<String>,
-    /// Serialized Environments by (application, profiles, state) at this snapshot.
-    answers: Mutex<HashMap<(String, String, Option<String>), Bytes>>,
+    /// Serialized Environments by (application, profiles, label named, state).
+    answers: Mutex<HashMap<AnswerKey, Bytes>>,
 }
 
 fn is_config_file(path: &str) -> bool {
@@ -171,7 +174,7 @@ impl Snapshot {
         Environment {
             name: application.to_owned(),
             profiles: profiles.to_vec(),
-            label: self.tree.label.clone(),
+            label: Some(self.tree.label.clone()),
             version: self.tree.version.clone(),
             state: None,
             property_sources: sources,
@@ -204,15 +207,19 @@ impl Snapshot {
         &self,
         application: &str,
         profiles: &[String],
+        label_named: bool,
         state: Option<String>,
         cipher: Option<&Cipher>,
     ) -> Bytes {
-        let key = (application.to_owned(), profiles.join(","), state.clone());
+        let key = (application.to_owned(), profiles.join(","), label_named, state.clone());
         if let Some(bytes) = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return bytes.clone();
         }
         let mut environment = self.environment(application, profiles, cipher);
         environment.state = state;
+        if !label_named {
+            environment.label = None;
+        }
         let bytes = Bytes::from(serde_json::to_vec(&environment).unwrap_or_default());
         self.answers
             .lock()
@@ -236,8 +243,9 @@ impl Snapshot {
             Some((stem, ext)) if !stem.ends_with('/') && !stem.is_empty() => (stem, Some(ext)),
             _ => (clean, None),
         };
+        // Unlike properties, the first profile named wins for plain files, as in Spring.
         let mut candidates = Vec::new();
-        for profile in profiles.iter().rev() {
+        for profile in profiles {
             candidates.push(match extension {
                 Some(ext) => format!("{stem}-{profile}.{ext}"),
                 None => format!("{stem}-{profile}"),
@@ -379,18 +387,17 @@ fn closing_brace(text: &str) -> Option<usize> {
 
 /// Merged properties as `.properties` text, keys sorted.
 pub fn to_properties(merged: &BTreeMap<String, Value>) -> String {
-    let mut out = String::new();
-    for (key, value) in merged {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        out.push_str(&escape_properties(key, true));
-        out.push_str(": ");
-        out.push_str(&escape_properties(&text, false));
-        out.push('\n');
-    }
-    out
+    let lines: Vec<String> = merged
+        .iter()
+        .map(|(key, value)| {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{}: {}", escape_properties(key, true), escape_properties(&text, false))
+        })
+        .collect();
+    lines.join("\n")
 }
 
 fn escape_properties(text: &str, is_key: bool) -> String {

@@ -29,6 +29,8 @@ enum Command {
     Up(up::UpArgs),
     /// Run the service registry (default 127.0.0.1:8761).
     Registry(RegistryArgs),
+    /// Run the config server (default 127.0.0.1:8888).
+    ConfigServer(ConfigServerArgs),
     /// Print what the registry sees, as a table.
     Status(status::StatusArgs),
 }
@@ -54,6 +56,18 @@ struct RegistryArgs {
     peers: Option<Vec<String>>,
 }
 
+#[derive(Debug, Args)]
+struct ConfigServerArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The git repository: a URL (https, http, git, ssh, file) or a local path.
+    #[arg(long)]
+    git_uri: Option<String>,
+    /// A plain directory of configuration files instead of git.
+    #[arg(long)]
+    native_dir: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -77,6 +91,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Registry(args) => registry(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::ConfigServer(args) => config_server(args).await,
     }
 }
 
@@ -92,5 +107,22 @@ async fn registry(args: RegistryArgs) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     rtalpha_registry::run(config, listener, shutdown).await?;
     tracing::info!("registry stopped");
+    Ok(())
+}
+
+async fn config_server(args: ConfigServerArgs) -> anyhow::Result<()> {
+    let mut overrides = Overrides::new();
+    overrides.set("server.bind", args.server.bind);
+    overrides.set("config_server.git.uri", args.git_uri);
+    overrides.set("config_server.native_dir", args.native_dir);
+    let config: rtalpha_config_server::Config =
+        rtalpha_runtime::config::load(args.server.config.as_deref(), &overrides)?;
+    telemetry::init(&config.telemetry);
+    let listener = TcpListener::bind(config.server.bind)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+    let shutdown = shutdown::on_signal();
+    rtalpha_config_server::run(config, listener, shutdown).await?;
+    tracing::info!("config server stopped");
     Ok(())
 }

@@ -182,6 +182,12 @@ fn plain_files_prefer_the_profile_variant_and_refuse_escapes() {
     };
     assert_eq!(get("nginx.conf", "dev").as_deref(), Some("dev"));
     assert_eq!(get("nginx.conf", "prod").as_deref(), Some("base"));
+    let first_named = snapshot.plain_file("foo", &profiles(&["dev", "db"]), "nginx.conf");
+    assert_eq!(
+        first_named.map(|b| b.as_slice()),
+        Some(&b"dev"[..]),
+        "the first profile named wins"
+    );
     assert_eq!(get("app.txt", "dev").as_deref(), Some("in search path"));
     for escape in ["../etc/passwd", "/etc/passwd", "a/../../x", "./nginx.conf", ""] {
         assert_eq!(get(escape, "dev"), None, "{escape}");

@@ -1,0 +1,159 @@
+//! The config server's typed configuration (every key in docs/config.md).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rtalpha_runtime::config::Validate;
+use rtalpha_runtime::{ConfigError, ServerConfig, TelemetryConfig};
+use serde::{Deserialize, Serialize};
+
+/// The config server's default bind address, as Spring Cloud Config's.
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8888);
+
+/// Everything `rtalpha config-server` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP server.
+    pub server: ServerConfig,
+    /// Logs.
+    pub telemetry: TelemetryConfig,
+    /// The repository and how it is followed.
+    pub config_server: ConfigServerSettings,
+    /// The symmetric key for `{cipher}` values (Spring's `encrypt.key`).
+    pub encrypt: EncryptSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::with_bind(DEFAULT_BIND),
+            telemetry: TelemetryConfig::default(),
+            config_server: ConfigServerSettings::default(),
+            encrypt: EncryptSettings::default(),
+        }
+    }
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConfigServerSettings {
+    /// A plain directory of files (the "native" backend); used when set.
+    pub native_dir: Option<PathBuf>,
+    /// A git repository.
+    pub git: GitSettings,
+    /// HTTP Basic credentials for every config endpoint, when both are set.
+    pub username: Option<String>,
+    /// See `username`.
+    pub password: Option<String>,
+}
+
+/// A git repository and how it is followed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GitSettings {
+    /// A URL (`https://`, `http://`, `git://`, `ssh://`, `file://`) or a local path.
+    pub uri: Option<String>,
+    /// The label served when a request names none.
+    pub default_label: String,
+    /// Directories searched besides the root; `{application}`, `{profile}` and
+    /// `{label}` are replaced.
+    pub search_paths: Vec<String>,
+    /// Where the local clone lives (default: a directory under the system's temporary
+    /// directory named after the URI).
+    pub basedir: Option<PathBuf>,
+    /// Clone at start-up rather than on the first request.
+    pub clone_on_start: bool,
+    /// Clone and fetch only this many commits.
+    pub depth: Option<u32>,
+    /// Accepted for Spring compatibility: the clone is bare and always follows the
+    /// remote, so local changes cannot block a pull.
+    pub force_pull: bool,
+    /// How long a clone or fetch may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the remote is fetched in the background.
+    #[serde(with = "humantime_serde")]
+    pub refresh_rate: Duration,
+}
+
+impl Default for GitSettings {
+    fn default() -> Self {
+        GitSettings {
+            uri: None,
+            default_label: "main".to_owned(),
+            search_paths: Vec::new(),
+            basedir: None,
+            clone_on_start: true,
+            depth: None,
+            force_pull: false,
+            timeout: Duration::from_secs(10),
+            refresh_rate: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The symmetric key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptSettings {
+    /// The key text (also from the `ENCRYPT_KEY` environment variable).
+    pub key: Option<String>,
+    /// The hex salt.
+    pub salt: String,
+}
+
+impl Default for EncryptSettings {
+    fn default() -> Self {
+        EncryptSettings {
+            key: None,
+            salt: crate::cipher::DEFAULT_SALT.to_owned(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        self.telemetry.validate()?;
+        let settings = &self.config_server;
+        if settings.native_dir.is_none() && settings.git.uri.is_none() {
+            return Err(ConfigError::invalid(
+                "config_server.git.uri",
+                "set a git repository (--git-uri) or a directory (--native-dir)",
+            ));
+        }
+        if settings.native_dir.is_some() && settings.git.uri.is_some() {
+            return Err(ConfigError::invalid(
+                "config_server.native_dir",
+                "set either a directory or a git repository, not both",
+            ));
+        }
+        for (key, value) in [
+            ("config_server.git.timeout", settings.git.timeout),
+            ("config_server.git.refresh_rate", settings.git.refresh_rate),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        if settings.git.default_label.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "config_server.git.default_label",
+                "must not be empty",
+            ));
+        }
+        if settings.username.is_some() != settings.password.is_some() {
+            return Err(ConfigError::invalid(
+                "config_server.username",
+                "username and password must be set together",
+            ));
+        }
+        if hex::decode(&self.encrypt.salt).is_err() {
+            return Err(ConfigError::invalid("encrypt.salt", "must be hex"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,440 @@
+//! The HTTP API of Spring Cloud Config, the refresh loop, and `run`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, StatusCode};
+use rtalpha_runtime::health::HealthState;
+use rtalpha_runtime::http::{ServeOptions, serve};
+use rtalpha_runtime::{ApiError, Health};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cipher::Cipher;
+use crate::config::Config;
+use crate::environment::{self, Snapshot};
+use crate::repo::{GitRepo, NativeRepo, RepoError};
+use crate::store::{Backend, Store, destinations};
+
+/// What the handlers share, behind one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+/// The shared parts of [`AppState`].
+pub struct Shared {
+    /// The repository.
+    pub store: Store,
+    /// The key for `{cipher}` values, when one is configured.
+    pub cipher: Option<Cipher>,
+    credentials: Option<(String, String)>,
+    health: Health,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(err: RepoError) -> Self {
+        match err {
+            RepoError::UnknownLabel(label) => ApiError::not_found(format!("no label `{label}` in the repository")),
+            RepoError::Unavailable(problem) => {
+                ApiError::unavailable(format!("the repository cannot be read: {problem}"))
+            }
+        }
+    }
+}
+
+/// The local clone's directory for a URI when `basedir` is not set.
+fn default_basedir(uri: &str) -> PathBuf {
+    // FNV-1a: stable across runs, so a restart finds its clone again.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in uri.bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    std::env::temp_dir().join(format!("rtalpha-config-{h:016x}"))
+}
+
+impl AppState {
+    /// State for a configuration.
+    pub fn new(config: &Config, health: Health) -> Result<Self, crate::cipher::CipherError> {
+        let settings = &config.config_server;
+        let backend = match (&settings.native_dir, &settings.git.uri) {
+            (Some(dir), _) => Backend::Native(NativeRepo { dir: dir.clone() }),
+            (None, Some(uri)) => Backend::Git(GitRepo {
+                uri: uri.clone(),
+                dir: settings.git.basedir.clone().unwrap_or_else(|| default_basedir(uri)),
+                depth: settings.git.depth,
+            }),
+            (None, None) => Backend::Native(NativeRepo {
+                dir: PathBuf::from("."),
+            }),
+        };
+        let store = Store::new(
+            backend,
+            settings.git.search_paths.clone(),
+            settings.git.default_label.clone(),
+            settings.git.timeout,
+        );
+        let key = config.encrypt.key.clone().or_else(|| std::env::var("ENCRYPT_KEY").ok());
+        let cipher = key.map(|key| Cipher::new(&key, &config.encrypt.salt)).transpose()?;
+        let credentials = settings.username.clone().zip(settings.password.clone());
+        Ok(AppState(Arc::new(Shared {
+            store,
+            cipher,
+            credentials,
+            health,
+        })))
+    }
+
+    /// Reports the repository's health.
+    fn report_health(&self) {
+        let (remote, invalid) = self.store.problems();
+        if !self.store.has_local_copy() {
+            self.health.set(
+                "repository",
+                HealthState::Down,
+                remote.unwrap_or_else(|| "no local copy".to_owned()),
+            );
+            return;
+        }
+        let mut problems = Vec::new();
+        if let Some(remote) = remote {
+            problems.push(format!("remote unreachable, serving the last good copy: {remote}"));
+        }
+        if !invalid.is_empty() {
+            problems.push(format!("invalid files not served: {}", invalid.join("; ")));
+        }
+        if problems.is_empty() {
+            self.health.set("repository", HealthState::Up, "");
+        } else {
+            self.health
+                .set("repository", HealthState::Degraded, problems.join(" | "));
+        }
+    }
+}
+
+/// The config server's routes.
+pub fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/encrypt", post(encrypt))
+        .route("/decrypt", post(decrypt))
+        .route("/{first}", get(one_segment))
+        .route("/{first}/{second}", get(two_segments))
+        .route("/{application}/{profiles}/{label}", get(environment_with_label))
+        .route("/{application}/{profiles}/{label}/{*path}", get(plain_file))
+        .layer(middleware::from_fn_with_state(state.clone(), require_credentials))
+        .with_state(state)
+}
+
+async fn require_credentials(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some((user, password)) = &state.credentials else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Basic "))
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok());
+    let expected = format!("{user}:{password}");
+    let matches = presented.is_some_and(|bytes| {
+        bytes.len() == expected.len()
+            && bytes
+                .iter()
+                .zip(expected.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if matches {
+        return next.run(request).await;
+    }
+    let mut response = ApiError::unauthorized("this config server needs HTTP Basic credentials").into_response();
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"rtalpha config\""),
+    );
+    response
+}
+
+/// Spring's `(_)` stands for `/` in labels.
+fn label_of(text: &str) -> String {
+    text.replace("(_)", "/")
+}
+
+fn profiles_of(text: &str) -> Vec<String> {
+    let profiles: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if profiles.is_empty() {
+        vec!["default".to_owned()]
+    } else {
+        profiles
+    }
+}
+
+fn valid_name(name: &str, what: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty() && !name.contains("..") && !name.contains('/') && !name.contains('\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!("invalid {what} `{name}`")))
+    }
+}
+
+async fn environment_response(
+    state: &AppState,
+    application: &str,
+    profiles: &str,
+    label: Option<&str>,
+) -> Result<Response, ApiError> {
+    valid_name(application, "application name")?;
+    let named = label.is_some();
+    let label = label.map_or_else(|| state.store.default_label().to_owned(), label_of);
+    let snapshot = state.store.snapshot(&label).await?;
+    let body = snapshot.environment_json(
+        application,
+        &profiles_of(profiles),
+        named,
+        state.store.state(&label),
+        state.cipher.as_ref(),
+    );
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// A rendering request: `app-profile.ext`.
+struct Rendering {
+    application: String,
+    profiles: String,
+    format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Yaml,
+    Properties,
+    Json,
+}
+
+fn rendering_of(segment: &str) -> Option<Rendering> {
+    let (stem, extension) = segment.rsplit_once('.')?;
+    let format = match extension {
+        "yml" | "yaml" => Format::Yaml,
+        "properties" => Format::Properties,
+        "json" => Format::Json,
+        _ => return None,
+    };
+    let (application, profiles) = stem.rsplit_once('-')?;
+    (!application.is_empty() && !profiles.is_empty()).then(|| Rendering {
+        application: application.to_owned(),
+        profiles: profiles.to_owned(),
+        format,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RenderQuery {
+    resolve_placeholders: Option<bool>,
+}
+
+async fn render(
+    state: &AppState,
+    rendering: Rendering,
+    label: Option<&str>,
+    resolve: bool,
+) -> Result<Response, ApiError> {
+    valid_name(&rendering.application, "application name")?;
+    let label = label.map_or_else(|| state.store.default_label().to_owned(), label_of);
+    let snapshot = state.store.snapshot(&label).await?;
+    let environment = snapshot.environment(
+        &rendering.application,
+        &profiles_of(&rendering.profiles),
+        state.cipher.as_ref(),
+    );
+    let mut merged = environment::merged(&environment);
+    if resolve {
+        let lookup = merged.clone();
+        for value in merged.values_mut() {
+            if let serde_json::Value::String(text) = value {
+                *text = environment::resolve_placeholders(text, &lookup);
+            }
+        }
+    }
+    Ok(match rendering.format {
+        Format::Properties => ([(CONTENT_TYPE, "text/plain")], environment::to_properties(&merged)).into_response(),
+        Format::Yaml => (
+            [(CONTENT_TYPE, "text/plain")],
+            environment::to_yaml(&environment::to_nested(&merged)),
+        )
+            .into_response(),
+        Format::Json => {
+            let body = serde_json::to_vec(&environment::to_nested(&merged)).unwrap_or_default();
+            ([(CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    })
+}
+
+async fn one_segment(
+    State(state): State<AppState>,
+    Path(first): Path<String>,
+    Query(query): Query<RenderQuery>,
+) -> Result<Response, ApiError> {
+    let rendering = rendering_of(&first).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "`/{first}` is neither `/{{application}}-{{profile}}.yml|properties|json` nor an application and profile"
+        ))
+    })?;
+    render(&state, rendering, None, query.resolve_placeholders.unwrap_or(true)).await
+}
+
+async fn two_segments(
+    State(state): State<AppState>,
+    Path((first, second)): Path<(String, String)>,
+    Query(query): Query<RenderQuery>,
+) -> Result<Response, ApiError> {
+    match rendering_of(&second) {
+        Some(rendering) => {
+            render(
+                &state,
+                rendering,
+                Some(&first),
+                query.resolve_placeholders.unwrap_or(true),
+            )
+            .await
+        }
+        None => environment_response(&state, &first, &second, None).await,
+    }
+}
+
+async fn environment_with_label(
+    State(state): State<AppState>,
+    Path((application, profiles, label)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    environment_response(&state, &application, &profiles, Some(&label)).await
+}
+
+async fn plain_file(
+    State(state): State<AppState>,
+    Path((application, profiles, label, path)): Path<(String, String, String, String)>,
+) -> Result<Response, ApiError> {
+    valid_name(&application, "application name")?;
+    let label = label_of(&label);
+    let snapshot: Arc<Snapshot> = state.store.snapshot(&label).await?;
+    let profiles = profiles_of(&profiles);
+    let bytes = snapshot
+        .plain_file(&application, &profiles, &path)
+        .ok_or_else(|| ApiError::not_found(format!("no file `{path}` for `{application}` at label `{label}`")))?;
+    // Text files get their placeholders resolved against the application's properties.
+    match std::str::from_utf8(bytes) {
+        Ok(text) if text.contains("${") => {
+            let environment = snapshot.environment(&application, &profiles, state.cipher.as_ref());
+            let merged = environment::merged(&environment);
+            Ok((
+                [(CONTENT_TYPE, "text/plain")],
+                environment::resolve_placeholders(text, &merged),
+            )
+                .into_response())
+        }
+        Ok(text) => Ok(([(CONTENT_TYPE, "text/plain")], text.to_owned()).into_response()),
+        Err(_) => Ok(([(CONTENT_TYPE, "application/octet-stream")], bytes.as_ref().clone()).into_response()),
+    }
+}
+
+fn cipher_of(state: &AppState) -> Result<&Cipher, ApiError> {
+    state.cipher.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no encryption key is configured (encrypt.key or ENCRYPT_KEY)",
+        )
+    })
+}
+
+fn body_text(body: &Bytes) -> Result<String, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body must be UTF-8 text"))?;
+    // curl's `-d` sends form encoding; Spring trims a trailing `=` that it adds.
+    Ok(text.strip_suffix('=').unwrap_or(text).to_owned())
+}
+
+async fn encrypt(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let cipher = cipher_of(&state)?;
+    let text = body_text(&body)?;
+    Ok(([(CONTENT_TYPE, "text/plain")], cipher.encrypt(&text)).into_response())
+}
+
+async fn decrypt(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let cipher = cipher_of(&state)?;
+    let text = body_text(&body)?;
+    let plain = cipher
+        .decrypt(
+            text.trim()
+                .strip_prefix(crate::cipher::CIPHER_PREFIX)
+                .unwrap_or(text.trim()),
+        )
+        .map_err(|err| ApiError::bad_request(err.to_string()))?;
+    Ok(([(CONTENT_TYPE, "text/plain")], plain).into_response())
+}
+
+/// Runs the config server on `listener` until `shutdown` is cancelled.
+///
+/// It clones (or fetches) first; a remote that cannot be reached does not stop it when
+/// a local copy exists: it serves that, and says so in `/health` and in answers.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+    let health = Health::new();
+    let state = AppState::new(&config, health.clone()).map_err(|err| std::io::Error::other(err.to_string()))?;
+    if config.config_server.git.clone_on_start || config.config_server.native_dir.is_some() {
+        let _ = state.store.sync().await;
+        if let Err(err) = state.store.snapshot(state.store.default_label()).await {
+            tracing::warn!(error = %err, "the default label cannot be served yet");
+        }
+    }
+    state.report_health();
+    health.set_ready(state.store.has_local_copy());
+    let refresher = {
+        let (state, token, health) = (state.clone(), shutdown.clone(), health.clone());
+        let every = config.config_server.git.refresh_rate;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = token.cancelled() => return,
+                }
+                for change in state.store.refresh().await {
+                    let targets = destinations(&change.paths);
+                    tracing::info!(label = %change.label, version = ?change.version, files = change.paths.len(), destinations = ?targets, "configuration changed");
+                    metrics::counter!("rtalpha_config_changes_total").increment(1);
+                }
+                state.report_health();
+                health.set_ready(state.store.has_local_copy());
+            }
+        })
+    };
+    let options = ServeOptions {
+        max_body_bytes: config.server.max_body_bytes,
+        shutdown_grace: config.server.shutdown_grace,
+        health,
+    };
+    let result = serve(listener, routes(state), options, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = refresher.await;
+    result
+}
