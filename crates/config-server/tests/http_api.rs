@@ -1,0 +1,497 @@
+//! The config server over HTTP against real git repositories made with the git command
+//! line: local paths, `file://` and `git://` (a real `git daemon`) remotes.
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rtalpha_config_server::Config;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A repository with files committed on `main`.
+fn repository(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    git(dir.path(), &["init", "-q", "-b", "main"]);
+    commit(dir.path(), files, "initial");
+    dir
+}
+
+fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
+    for (path, text) in files {
+        let full = dir.join(path);
+        if let Some(parent) = full.parent() {
+            std::fs::create_dir_all(parent).expect("dirs");
+        }
+        std::fs::write(full, text).expect("write");
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+struct Server {
+    base: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    async fn start(config: Config) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(rtalpha_config_server::run(config, listener, shutdown.clone()));
+        Server { base, shutdown, task }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(bytes::Bytes::from(body.to_owned())))
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+            .await
+            .expect("answer in time")
+            .expect("answer");
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        self.call("GET", path, "", &[]).await
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).expect("json")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("stops")
+            .expect("no panic");
+        result.expect("clean stop");
+    }
+}
+
+fn git_config(uri: &str, basedir: &Path) -> Config {
+    let mut config = Config::default();
+    config.config_server.git.uri = Some(uri.to_owned());
+    config.config_server.git.basedir = Some(basedir.to_path_buf());
+    config.config_server.git.refresh_rate = Duration::from_millis(200);
+    config.config_server.git.search_paths = vec!["{application}".to_owned()];
+    config.server.shutdown_grace = Duration::from_secs(2);
+    config
+}
+
+fn sources(environment: &Value) -> Vec<String> {
+    environment["propertySources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| {
+            s["name"]
+                .as_str()
+                .unwrap_or_default()
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+const SPRING_EXAMPLE: &str = "682bc583f4641835fa2db009355293665d2647dade3375c0ee201de2a49f7bda";
+
+#[tokio::test]
+async fn serves_environments_in_springs_order_with_labels_and_secrets() {
+    let repo = repository(&[
+        (
+            "application.yml",
+            &format!("greeting: hello\nserver:\n  port: 9000\npassword: '{{cipher}}{SPRING_EXAMPLE}'\n"),
+        ),
+        ("application-dev.yml", "greeting: hello-dev\n"),
+        ("foo.yml", "name: foo\nlist:\n  - a\n  - b\n"),
+        ("foo-dev.properties", "greeting=hi ${user:anon}\n"),
+        ("foo/foo-db.yml", "db.url: jdbc:test\n"),
+        ("nginx.conf", "listen ${server.port};\n"),
+    ]);
+    let first = git(repo.path(), &["rev-parse", "HEAD"]);
+    git(repo.path(), &["tag", "v1"]);
+    git(repo.path(), &["checkout", "-q", "-b", "feature/x"]);
+    commit(repo.path(), &[("foo.yml", "name: foo-feature\n")], "feature");
+    git(repo.path(), &["checkout", "-q", "main"]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&repo.path().display().to_string(), &basedir.path().join("clone"));
+    config.encrypt.key = Some("foo".to_owned());
+    let server = Server::start(config).await;
+
+    let environment = server.json("/foo/dev,db").await;
+    assert_eq!(environment["name"], "foo");
+    assert_eq!(environment["profiles"], json!(["dev", "db"]));
+    assert_eq!(environment["label"], Value::Null, "no label in the URL");
+    assert_eq!(environment["version"], first.as_str());
+    assert_eq!(
+        sources(&environment),
+        [
+            "foo-db.yml",
+            "foo-dev.properties",
+            "application-dev.yml",
+            "foo.yml",
+            "application.yml"
+        ]
+    );
+    let application = environment["propertySources"]
+        .as_array()
+        .expect("sources")
+        .last()
+        .cloned()
+        .expect("last");
+    assert_eq!(
+        application["source"]["password"], "mysecret",
+        "{{cipher}} decrypted on the server"
+    );
+    assert_eq!(application["source"]["server.port"], 9000, "YAML numbers stay numbers");
+
+    let labelled = server.json("/foo/default/v1").await;
+    assert_eq!(
+        (labelled["label"].as_str(), labelled["version"].as_str()),
+        (Some("v1"), Some(first.as_str()))
+    );
+    let by_commit = server.json(&format!("/foo/default/{first}")).await;
+    assert_eq!(by_commit["version"], first.as_str());
+    let feature = server.json("/foo/default/feature(_)x").await;
+    let foo = feature["propertySources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"].as_str().is_some_and(|n| n.ends_with("/foo.yml")))
+        .cloned()
+        .expect("foo.yml");
+    assert_eq!(foo["source"]["name"], "foo-feature", "`(_)` stands for `/` in labels");
+
+    let unknown = server.json("/nobody/default").await;
+    assert_eq!(
+        sources(&unknown),
+        ["application.yml"],
+        "an unknown application gets the shared files"
+    );
+    let (status, body) = server.get("/foo/default/no-such-label").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no-such-label"));
+
+    let (status, yaml) = server.get("/foo-dev.yml").await;
+    assert_eq!(status, 200);
+    assert!(
+        yaml.contains("greeting: hi anon") && yaml.contains("  port: 9000") && yaml.contains("- a"),
+        "{yaml}"
+    );
+    let (_, properties) = server.get("/main/foo-dev.properties").await;
+    assert!(
+        properties.contains("greeting: hi anon") && properties.contains("list[1]: b"),
+        "{properties}"
+    );
+    let json_rendering = server.json("/foo-dev.json").await;
+    assert_eq!(json_rendering["server"]["port"], 9000);
+    assert_eq!(json_rendering["list"], json!(["a", "b"]));
+    let (_, unresolved) = server.get("/foo-dev.properties?resolvePlaceholders=false").await;
+    assert!(unresolved.contains("${user:anon}"), "{unresolved}");
+
+    let (status, nginx) = server.get("/foo/dev/main/nginx.conf").await;
+    assert_eq!((status, nginx.as_str()), (200, "listen 9000;\n"));
+    for escape in [
+        "/foo/dev/main/../../etc/passwd",
+        "/foo/dev/main/%2e%2e/etc/passwd",
+        "/foo/dev/main/.git/config",
+    ] {
+        let (status, body) = server.get(escape).await;
+        assert!(status == 400 || status == 404, "{escape}: {status} {body}");
+        assert!(!body.contains("root:"), "{escape}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn encrypt_and_decrypt_round_trip_and_need_a_key() {
+    let repo = repository(&[("application.yml", "a: 1\n")]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&repo.path().display().to_string(), &basedir.path().join("clone"));
+    config.encrypt.key = Some("s3cret".to_owned());
+    let server = Server::start(config).await;
+    let (status, cipher) = server
+        .call("POST", "/encrypt", "db-password", &[("content-type", "text/plain")])
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        cipher.len() >= 64 && cipher.chars().all(|c| c.is_ascii_hexdigit()),
+        "{cipher}"
+    );
+    let (status, plain) = server
+        .call("POST", "/decrypt", &cipher, &[("content-type", "text/plain")])
+        .await;
+    assert_eq!((status, plain.as_str()), (200, "db-password"));
+    let (status, body) = server.call("POST", "/decrypt", "00ff", &[]).await;
+    assert_eq!(status, 400, "{body}");
+    server.stop().await;
+
+    let without = Server::start(git_config(
+        &repo.path().display().to_string(),
+        &basedir.path().join("clone2"),
+    ))
+    .await;
+    let (status, body) = without.call("POST", "/encrypt", "x", &[]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("encrypt.key"));
+    without.stop().await;
+}
+
+#[tokio::test]
+async fn basic_auth_guards_config_but_not_health() {
+    let repo = repository(&[("application.yml", "a: 1\n")]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&repo.path().display().to_string(), &basedir.path().join("clone"));
+    config.config_server.username = Some("cfg".to_owned());
+    config.config_server.password = Some("pw".to_owned());
+    let server = Server::start(config).await;
+    assert_eq!(server.get("/foo/default").await.0, 401);
+    // "cfg:pw" in base64.
+    let (status, _) = server
+        .call("GET", "/foo/default", "", &[("authorization", "Basic Y2ZnOnB3")])
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        server
+            .call("GET", "/foo/default", "", &[("authorization", "Basic Y2ZnOng=")])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(server.get("/health").await.0, 200);
+    server.stop().await;
+}
+
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn follows_new_commits_and_keeps_the_last_good_one_when_a_file_breaks() {
+    let repo = repository(&[("application.yml", "a: 1\n")]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let uri = format!("file://{}", repo.path().display());
+    let server = Server::start(git_config(&uri, &basedir.path().join("clone"))).await;
+    assert_eq!(
+        server.json("/foo/default").await["propertySources"][0]["source"]["a"],
+        1
+    );
+
+    let second = commit(repo.path(), &[("application.yml", "a: 2\n")], "two");
+    assert!(
+        eventually(
+            Duration::from_secs(5),
+            async || server.json("/foo/default").await["version"] == second.as_str()
+        )
+        .await,
+        "the new commit is served after a refresh"
+    );
+    assert_eq!(
+        server.json("/foo/default").await["propertySources"][0]["source"]["a"],
+        2
+    );
+
+    commit(repo.path(), &[("application.yml", "a: [2\n")], "broken");
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            server.json("/foo/default").await["state"]
+                .as_str()
+                .is_some_and(|s| s.contains("application.yml"))
+        })
+        .await,
+        "the broken file is reported in `state`"
+    );
+    let environment = server.json("/foo/default").await;
+    assert_eq!(
+        environment["version"],
+        second.as_str(),
+        "the last good commit is still served"
+    );
+    assert_eq!(environment["propertySources"][0]["source"]["a"], 2);
+    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
+    assert_eq!(health["status"], "DEGRADED", "{health}");
+    assert!(
+        health["checks"]["repository"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("application.yml"))
+    );
+
+    let fixed = commit(repo.path(), &[("application.yml", "a: 3\n")], "fixed");
+    assert!(
+        eventually(
+            Duration::from_secs(5),
+            async || server.json("/foo/default").await["version"] == fixed.as_str()
+        )
+        .await
+    );
+    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
+    assert_eq!(health["status"], "UP", "{health}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn starts_from_the_local_clone_when_the_remote_is_down() {
+    let repo = repository(&[("application.yml", "a: 1\n")]);
+    let version = git(repo.path(), &["rev-parse", "HEAD"]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let clone = basedir.path().join("clone");
+    let moved = tempfile::tempdir().expect("elsewhere");
+    let uri = format!("file://{}", repo.path().display());
+    let server = Server::start(git_config(&uri, &clone)).await;
+    assert_eq!(server.json("/foo/default").await["version"], version.as_str());
+    server.stop().await;
+
+    // The remote disappears; the server restarts on its clone.
+    let gone: PathBuf = moved.path().join("gone");
+    std::fs::rename(repo.path(), &gone).expect("move the remote away");
+    let server = Server::start(git_config(&uri, &clone)).await;
+    let environment = server.json("/foo/default").await;
+    assert_eq!(environment["version"], version.as_str());
+    assert!(
+        environment["state"].as_str().is_some_and(|s| s.starts_with("stale")),
+        "{environment}"
+    );
+    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
+    assert_eq!(health["status"], "DEGRADED", "{health}");
+    assert_eq!(server.get("/ready").await.0, 200, "it serves");
+    server.stop().await;
+    std::fs::rename(&gone, repo.path()).expect("move it back for cleanup");
+
+    // Without a clone and without a remote there is nothing to serve.
+    let nothing = tempfile::tempdir().expect("empty");
+    let server = Server::start(git_config(
+        &format!("file://{}/absent", nothing.path().display()),
+        &nothing.path().join("clone"),
+    ))
+    .await;
+    let (status, body) = server.get("/foo/default").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(server.get("/health").await.0, 503);
+    server.stop().await;
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn clones_over_git_protocol_from_a_real_git_daemon() {
+    let root = tempfile::tempdir().expect("root");
+    let repo_dir = root.path().join("config.git");
+    std::fs::create_dir(&repo_dir).expect("dir");
+    git(&repo_dir, &["init", "-q", "-b", "main"]);
+    let version = commit(&repo_dir, &[("foo.yml", "over: git-protocol\n")], "initial");
+    let port = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let daemon = Daemon(
+        Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.path().display()))
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon"),
+    );
+    let ready = eventually(Duration::from_secs(5), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ready, "git daemon listens");
+    let basedir = tempfile::tempdir().expect("basedir");
+    let server = Server::start(git_config(
+        &format!("git://127.0.0.1:{port}/config.git"),
+        &basedir.path().join("clone"),
+    ))
+    .await;
+    let environment = server.json("/foo/default").await;
+    assert_eq!(environment["version"], version.as_str());
+    assert_eq!(environment["propertySources"][0]["source"]["over"], "git-protocol");
+    server.stop().await;
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn serves_a_plain_directory_natively() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("application.yml"), "a: native\n").expect("write");
+    let mut config = Config::default();
+    config.config_server.native_dir = Some(dir.path().to_path_buf());
+    config.config_server.git.refresh_rate = Duration::from_millis(200);
+    let server = Server::start(config).await;
+    let environment = server.json("/foo/default").await;
+    assert_eq!(environment["version"], Value::Null);
+    assert!(
+        environment["propertySources"][0]["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("file:"))
+    );
+    std::fs::write(dir.path().join("application.yml"), "a: changed\n").expect("write");
+    assert!(
+        eventually(
+            Duration::from_secs(5),
+            async || server.json("/foo/default").await["propertySources"][0]["source"]["a"] == "changed"
+        )
+        .await
+    );
+    server.stop().await;
+}
