@@ -128,10 +128,11 @@ impl Snapshot {
         dirs
     }
 
-    /// The files that exist for a base name (`foo` or `foo-dev`) in the directories.
+    /// The files that exist for a base name (`foo` or `foo-dev`) in the directories:
+    /// a later search path before an earlier one, `.properties` before YAML, as Spring.
     fn files_named(&self, base: &str, dirs: &[String]) -> Vec<&str> {
         let mut found = Vec::new();
-        for dir in dirs {
+        for dir in dirs.iter().rev() {
             for ext in ["properties", "yml", "yaml"] {
                 let path = if dir.is_empty() {
                     format!("{base}.{ext}")
@@ -253,7 +254,7 @@ impl Snapshot {
         }
         candidates.push(clean.to_owned());
         let profile = profiles.last().map_or("default", String::as_str);
-        for dir in self.directories(application, profile) {
+        for dir in self.directories(application, profile).iter().rev() {
             for candidate in &candidates {
                 let full = if dir.is_empty() {
                     candidate.clone()

@@ -65,6 +65,7 @@ fn profile_files_come_first_the_last_profile_highest_and_the_application_before_
 #[test]
 fn search_paths_and_profile_documents_apply() {
     let snapshot = snapshot(&[
+        ("foo.yml", "b: root"),
         (
             "application.yml",
             "a: 1\n---\nspring.config.activate.on-profile: dev\na: 2\n---\nspring.config.activate.on-profile: prod\na: 3\n",
@@ -79,6 +80,7 @@ fn search_paths_and_profile_documents_apply() {
         [
             "shared/application-dev.yml",
             "foo/foo.yml",
+            "foo.yml",
             "application.yml (document #1)",
             "application.yml (document #0)"
         ]
