@@ -1,12 +1,16 @@
 -- wrk request mixes for the registry benchmark (bench/registry/run.sh).
 --
---   wrk -t2 -c64 -d10s -s load.lua URL -- ACTION API COUNT APPS
+--   wrk -t2 -c64 -d10s -s load.lua URL -- ACTION API COUNT APPS [ENCODING [OFFSET]]
 --
 -- ACTION: renew    PUT a heartbeat, cycling over the COUNT seeded instances
 --         register POST a fresh instance each time
 --         fetch    GET the whole registry
 --         get      GET the URL's own path (e.g. /health)
 -- API:    native (/v1/...) or eureka (/eureka/..., JSON)
+-- ENCODING (fetch): plain (default) or gzip, which sends `Accept-Encoding: gzip` as
+--         Eureka's own client does; wrk counts the compressed bytes and does not inflate.
+-- OFFSET (renew): the first instance this process renews (default 0), so that several
+--         wrk processes renewing at once do not move over the same leases in step.
 -- The seeder names instance n `i-n` in app `BENCH-(n mod APPS)`; so does this script.
 -- The bare hyper baseline answers `hello` to all of these, so the same script runs
 -- against both servers.
@@ -20,19 +24,21 @@ function setup(thread)
   threads = threads + 1
 end
 
-local action, api, count, apps, n
+local action, api, count, apps, encoding, n
 
 function init(args)
   action = args[1] or "renew"
   api = args[2] or "native"
   count = tonumber(args[3] or "10000")
   apps = tonumber(args[4] or "100")
+  encoding = args[5] or "plain"
   -- Threads start far apart so they do not renew the same leases in step.
-  n = ((thread_index or 0) * 7919) % count
+  n = (tonumber(args[6] or "0") + (thread_index or 0) * 7919) % count
 end
 
 local json_headers = { ["Content-Type"] = "application/json" }
 local accept_json = { ["Accept"] = "application/json" }
+local accept_json_gzip = { ["Accept"] = "application/json", ["Accept-Encoding"] = "gzip" }
 
 local function renew()
   local app, id = "BENCH-" .. (n % apps), "i-" .. n
@@ -54,10 +60,14 @@ local function register()
 end
 
 local function fetch()
-  if api == "eureka" then
-    return wrk.format("GET", "/eureka/apps", accept_json)
+  local headers = accept_json
+  if encoding == "gzip" then
+    headers = accept_json_gzip
   end
-  return wrk.format("GET", "/v1/apps", accept_json)
+  if api == "eureka" then
+    return wrk.format("GET", "/eureka/apps", headers)
+  end
+  return wrk.format("GET", "/v1/apps", headers)
 end
 
 function request()

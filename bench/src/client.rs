@@ -55,10 +55,24 @@ impl Connection {
         path: &str,
         body: Option<Bytes>,
     ) -> anyhow::Result<Response<Incoming>> {
+        self.start_with(method, path, body, &[]).await
+    }
+
+    /// [`Connection::start`] with extra request headers.
+    pub async fn start_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Response<Incoming>> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, &self.authority);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if body.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }

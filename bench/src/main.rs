@@ -4,12 +4,19 @@
 //! binary supplies what `wrk` cannot: the bare hyper baseline server, a fast seeder
 //! that fills the registry over keep-alive connections, the change-propagation probe
 //! with its 100 watchers, and the report that turns the run's JSON lines into tables.
+//! For `bench/registry/cluster.sh` it adds a fault proxy that partitions a node, the
+//! replication-lag probe and the convergence probe.
 
 mod client;
+mod cluster_report;
+mod converge;
 mod hello;
+mod lag;
 mod propagation;
+mod proxy;
 mod report;
 mod seed;
+mod sse;
 mod stats;
 
 use std::net::SocketAddr;
@@ -43,10 +50,22 @@ enum Command {
     /// Opens SSE watchers, cancels instances one by one and times the news reaching
     /// every watcher.
     Propagation(propagation::PropagationArgs),
-    /// Prints the Markdown tables of a run's `results.jsonl`.
+    /// Forwards TCP links and cuts them all on command: a partition.
+    Proxy(proxy::ProxyArgs),
+    /// Writes to one node and times the writes reaching watchers on its peers.
+    Lag(lag::LagArgs),
+    /// Heals a partition and times the nodes until they hold the same instances.
+    Converge(converge::ConvergeArgs),
+    /// Prints the Markdown tables of a run's `results.jsonl` (or `cluster.jsonl`).
     Report {
-        /// The JSON-lines file `run.sh` wrote.
+        /// The JSON-lines file `run.sh` (or `cluster.sh`) wrote.
         results: PathBuf,
+        /// An earlier run's `results.jsonl`, shown next to each figure.
+        #[arg(long)]
+        before: Option<PathBuf>,
+        /// What to call the earlier run (its commit).
+        #[arg(long, default_value = "before")]
+        before_label: String,
     },
 }
 
@@ -69,8 +88,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Report { results } = &cli.command {
-        return finish(report::run(results));
+    if let Command::Report {
+        results,
+        before,
+        before_label,
+    } = &cli.command
+    {
+        let before = before.as_deref().map(|path| (path, before_label.as_str()));
+        return finish(report::run(results, before));
     }
     // The same runtime as the `rtalpha` binary: multi-threaded, one worker per core.
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -85,6 +110,9 @@ fn main() -> ExitCode {
             Command::Hello { bind, max_run } => hello::run(bind, max_run).await,
             Command::Seed(args) => seed::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Lag(args) => lag::run(args).await,
+            Command::Converge(args) => converge::run(args).await,
             Command::Report { .. } => Ok(()),
         }
     }))

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use http_body_util::BodyExt;
 use hyper::Method;
 use tokio::sync::mpsc;
 
 use crate::client::{self, Connection};
 use crate::seed::{app_of, id_of};
+use crate::sse::{self, Event};
 use crate::stats::{micros, percentile};
 
 /// How long one round may wait for all watchers.
@@ -45,46 +45,13 @@ pub struct PropagationArgs {
     first: usize,
 }
 
-/// What a watcher saw.
-enum Heard {
-    Hello,
-    Cancelled { instance_id: String, at: Instant },
-}
-
 /// Runs the rounds and prints one JSON line.
 pub async fn run(args: PropagationArgs) -> anyhow::Result<()> {
     let authority = client::authority(&args.registry)?;
     let (heard_tx, mut heard) = mpsc::unbounded_channel();
     let mut tasks = Vec::new();
     for watcher in 0..args.watchers.clamp(1, 1000) {
-        let mut connection = Connection::open(&authority).await?;
-        let response = connection.start(Method::GET, "/v1/watch", None).await?;
-        if !response.status().is_success() {
-            bail!("GET /v1/watch answered {}", response.status());
-        }
-        let heard_tx = heard_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            // Keep the connection's sender alive as long as the stream is read.
-            let _connection = connection;
-            let mut body = response.into_body();
-            let mut buffer = Vec::new();
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { return };
-                let Some(data) = frame.data_ref() else {
-                    continue;
-                };
-                let at = Instant::now();
-                buffer.extend_from_slice(data);
-                while let Some(end) = find_event_end(&buffer) {
-                    let event: Vec<u8> = buffer.drain(..end).collect();
-                    if let Some(news) = parse_event(&event, at)
-                        && heard_tx.send((watcher, news)).is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }));
+        tasks.push(sse::spawn_watcher(&authority, watcher, heard_tx.clone()).await?);
     }
     drop(heard_tx);
 
@@ -92,7 +59,7 @@ pub async fn run(args: PropagationArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + ROUND_TIMEOUT;
     while hellos.len() < tasks.len() {
         match tokio::time::timeout_at(deadline.into(), heard.recv()).await {
-            Ok(Some((watcher, Heard::Hello))) => {
+            Ok(Some((watcher, Event::Hello, _))) => {
                 hellos.insert(watcher);
             }
             Ok(Some(_)) => {}
@@ -120,7 +87,9 @@ pub async fn run(args: PropagationArgs) -> anyhow::Result<()> {
         let deadline = sent + ROUND_TIMEOUT;
         while told.len() < tasks.len() {
             match tokio::time::timeout_at(deadline.into(), heard.recv()).await {
-                Ok(Some((watcher, Heard::Cancelled { instance_id, at }))) if instance_id == id => {
+                Ok(Some((watcher, Event::Change { kind, instance_id }, at)))
+                    if kind == "cancelled" && instance_id == id =>
+                {
                     told.insert(watcher);
                     first = Some(first.map_or(at, |f| f.min(at)));
                     last = last.max(at);
@@ -153,63 +122,4 @@ pub async fn run(args: PropagationArgs) -> anyhow::Result<()> {
     });
     println!("{line}");
     Ok(())
-}
-
-/// The length of the first complete event in `buffer`, blank line included.
-fn find_event_end(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| at + 2)
-}
-
-/// A `hello`, or a `change` that cancelled an instance; `None` for anything else.
-fn parse_event(event: &[u8], at: Instant) -> Option<Heard> {
-    let text = std::str::from_utf8(event).ok()?;
-    let mut kind = "message";
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix("event:") {
-            kind = value.trim();
-        } else if let Some(value) = line.strip_prefix("data:") {
-            data.push_str(value.trim_start());
-        }
-    }
-    match kind {
-        "hello" => Some(Heard::Hello),
-        "change" => {
-            let change: serde_json::Value = serde_json::from_str(&data).ok()?;
-            if change.get("kind")?.as_str()? != "cancelled" {
-                return None;
-            }
-            let instance_id = change.get("instance_id")?.as_str()?.to_owned();
-            Some(Heard::Cancelled { instance_id, at })
-        }
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_a_cancel_and_ignores_other_events() {
-        let now = Instant::now();
-        let cancel = b"event: change\nid: 7\ndata: {\"index\":7,\"kind\":\"cancelled\",\"app\":\"A\",\"instance_id\":\"i-3\"}\n\n";
-        assert!(matches!(
-            parse_event(cancel, now),
-            Some(Heard::Cancelled { instance_id, .. }) if instance_id == "i-3"
-        ));
-        let registered = b"event: change\ndata: {\"kind\":\"registered\",\"instance_id\":\"i-3\"}\n\n";
-        assert!(parse_event(registered, now).is_none());
-        assert!(matches!(
-            parse_event(b"event: hello\nid: 1\ndata: {\"index\":1}\n\n", now),
-            Some(Heard::Hello)
-        ));
-        assert!(parse_event(b": keep-alive\n\n", now).is_none());
-    }
-
-    #[test]
-    fn finds_where_the_first_event_ends() {
-        assert_eq!(find_event_end(b"event: a\n\nevent: b"), Some(10));
-        assert_eq!(find_event_end(b"event: a\n"), None);
-    }
 }

@@ -2,7 +2,9 @@
 //!
 //! Every line is `{"instances":N,"measurement":M,"target":"registry"|"hello","result":{..}}`.
 //! A registry figure is paired with the hello figure of the same measurement at the
-//! same instance count, which `run.sh` measured right before it.
+//! same instance count, which `run.sh` measured right before it. With `--before`, an
+//! earlier run's figure of the same measurement is shown next to each, labelled with
+//! its commit. `cluster.sh`'s lines (`cluster.jsonl`) are rendered by [`crate::cluster_report`].
 
 use std::fmt::Write as _;
 use std::ops::Not;
@@ -18,23 +20,47 @@ const RSS_TARGET_MB: f64 = 200.0;
 /// Propagation to the last of 100 watchers, p99, under this (milliseconds).
 const PROPAGATION_P99_TARGET_MS: f64 = 50.0;
 
-struct Record {
-    instances: u64,
-    measurement: String,
-    target: String,
-    result: Value,
+/// One line of a run's results.
+pub struct Record {
+    /// The instance count the line belongs to.
+    pub instances: u64,
+    /// What was measured.
+    pub measurement: String,
+    /// The server (or setting) it was measured on.
+    pub target: String,
+    /// The measurement's own JSON.
+    pub result: Value,
+}
+
+/// An earlier run to compare with, and its label (a commit).
+pub struct Before<'a> {
+    records: &'a [Record],
+    label: &'a str,
 }
 
 /// Prints the tables.
-pub fn run(path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let records = text
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(parse)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    print!("{}", render(&records));
+pub fn run(path: &Path, before: Option<(&Path, &str)>) -> anyhow::Result<()> {
+    let records = load(path)?;
+    if records
+        .iter()
+        .any(|r| crate::cluster_report::is_cluster(&r.measurement))
+    {
+        print!("{}", crate::cluster_report::render(&records));
+        return Ok(());
+    }
+    let earlier = before.map(|(path, _)| load(path)).transpose()?;
+    let before = earlier
+        .as_deref()
+        .zip(before)
+        .map(|(records, (_, label))| Before { records, label });
+    print!("{}", render(&records, before.as_ref()));
     Ok(())
+}
+
+/// The records of a JSON-lines file.
+pub fn load(path: &Path) -> anyhow::Result<Vec<Record>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines().filter(|line| !line.trim().is_empty()).map(parse).collect()
 }
 
 fn parse(line: &str) -> anyhow::Result<Record> {
@@ -48,11 +74,11 @@ fn parse(line: &str) -> anyhow::Result<Record> {
     })
 }
 
-fn number(value: &Value, key: &str) -> Option<f64> {
+pub fn number(value: &Value, key: &str) -> Option<f64> {
     value.get(key).and_then(Value::as_f64)
 }
 
-fn grouped(n: f64) -> String {
+pub fn grouped(n: f64) -> String {
     let digits = format!("{:.0}", n);
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -64,7 +90,7 @@ fn grouped(n: f64) -> String {
     out
 }
 
-fn millis(us: Option<f64>) -> String {
+pub fn millis(us: Option<f64>) -> String {
     us.map_or("–".to_owned(), |us| format!("{:.2}", us / 1000.0))
 }
 
@@ -74,36 +100,111 @@ fn describe(measurement: &str) -> &str {
         "register" => "registrations on top (wrk, `POST /v1/apps/{app}`)",
         "renew-native" => "renewals (wrk, `PUT /v1/apps/{app}/{id}/heartbeat`)",
         "renew-eureka" => "renewals (wrk, Eureka `PUT /eureka/apps/{APP}/{id}`)",
-        "fetch-native" => "full fetches (wrk, `GET /v1/apps`)",
-        "fetch-eureka" => "full fetches (wrk, Eureka `GET /eureka/apps`, JSON)",
+        "fetch-native" => "full fetches (wrk, `GET /v1/apps`, plain)",
+        "fetch-native-gzip" => "full fetches (wrk, `GET /v1/apps`, `Accept-Encoding: gzip`)",
+        "fetch-eureka" => "full fetches (wrk, Eureka `GET /eureka/apps`, JSON, plain)",
+        "fetch-eureka-gzip" => "full fetches (wrk, Eureka `GET /eureka/apps`, JSON, `Accept-Encoding: gzip`)",
         other => other,
     }
 }
 
 /// A mark on a figure taken while a compiler was running on the machine.
-fn disturbed(record: Option<&Record>) -> &'static str {
+pub fn disturbed(record: Option<&Record>) -> &'static str {
     match record.and_then(|r| number(&r.result, "rustc_samples")) {
         Some(seen) if seen > 0.0 => " †",
         _ => "",
     }
 }
 
-fn render(records: &[Record]) -> String {
+/// Which memory reading of an earlier run a reading corresponds to: the `when` texts
+/// changed as the fetch runs were split by format.
+fn rss_moment(when: &str) -> &'static str {
+    if when == "after seeding" {
+        "seeded"
+    } else if when.contains("two encodings") {
+        "after all fetch runs"
+    } else if when.contains("change log pruned") {
+        "pruned"
+    } else if when.contains("stale cache") {
+        "stale"
+    } else if when.contains("registration run") {
+        "registrations"
+    } else {
+        "other"
+    }
+}
+
+fn ratio_text(r: f64) -> String {
+    if r >= 0.1 { format!("{r:.2}") } else { format!("{r:.4}") }
+}
+
+impl Before<'_> {
+    fn find(&self, instances: u64, measurement: &str, target: &str) -> Option<&Record> {
+        self.records
+            .iter()
+            .find(|r| r.instances == instances && r.measurement == measurement && r.target == target)
+    }
+
+    /// The earlier rate and its ratio to the earlier baseline, as `req/s / ratio`.
+    fn rate(&self, instances: u64, measurement: &str) -> String {
+        let rps = self
+            .find(instances, measurement, "registry")
+            .and_then(|r| number(&r.result, "rps"));
+        let base = self
+            .find(instances, measurement, "hello")
+            .and_then(|r| number(&r.result, "rps"));
+        match (rps, base) {
+            (Some(rps), Some(base)) => format!("{} / {}", grouped(rps), ratio_text(rps / base)),
+            _ => "–".to_owned(),
+        }
+    }
+
+    fn ratio(&self, instances: u64, measurement: &str) -> Option<f64> {
+        let rps = self
+            .find(instances, measurement, "registry")
+            .and_then(|r| number(&r.result, "rps"))?;
+        let base = self
+            .find(instances, measurement, "hello")
+            .and_then(|r| number(&r.result, "rps"))?;
+        Some(rps / base)
+    }
+
+    fn rss(&self, instances: u64, when: &str) -> Option<f64> {
+        let moment = rss_moment(when);
+        self.records
+            .iter()
+            .filter(|r| r.measurement == "rss" && r.instances == instances)
+            .find(|r| rss_moment(r.result.get("when").and_then(Value::as_str).unwrap_or("")) == moment)
+            .and_then(|r| number(&r.result, "vm_rss_kb"))
+            .map(|kb| kb * 1024.0 / 1e6)
+    }
+}
+
+fn render(records: &[Record], before: Option<&Before<'_>>) -> String {
     let mut out = String::new();
     let hello = |instances: u64, measurement: &str| {
         records
             .iter()
             .find(|r| r.target == "hello" && r.instances == instances && r.measurement == measurement)
     };
+    let label = before.map_or("", |b| b.label);
     let rates: Vec<&Record> = records
         .iter()
         .filter(|r| r.target == "registry" && number(&r.result, "rps").is_some())
         .collect();
-    let _ = writeln!(
+    let _ = write!(
         out,
         "| instances | measurement | rtalpha req/s | p50 ms | p99 ms | MB/s received | bare hyper req/s | ratio | non-2xx / socket errors |"
     );
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, " before (`{label}`) req/s / ratio |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out);
     let mut renewal_ratios = Vec::new();
     for record in &rates {
         let rps = number(&record.result, "rps").unwrap_or(0.0);
@@ -127,7 +228,7 @@ fn render(records: &[Record]) -> String {
             }
             _ => "–".to_owned(),
         };
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| {} | {}{} | {} | {} | {} | {} | {}{} | {} | {} |",
             grouped(record.instances as f64),
@@ -139,32 +240,77 @@ fn render(records: &[Record]) -> String {
             throughput,
             baseline.map_or("–".to_owned(), grouped),
             disturbed(hello(record.instances, &record.measurement)),
-            ratio.map_or("–".to_owned(), |r| if r >= 0.1 {
-                format!("{r:.2}")
-            } else {
-                format!("{r:.4}")
-            }),
+            ratio.map_or("–".to_owned(), ratio_text),
             errors,
         );
+        if let Some(before) = before {
+            let _ = write!(out, " {} |", before.rate(record.instances, &record.measurement));
+        }
+        let _ = writeln!(out);
     }
 
-    let _ = writeln!(out, "\nFirst full fetch after a change (encoded, then cached):\n");
-    let _ = writeln!(out, "| instances | API | time s | body MB |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
-    for record in records.iter().filter(|r| r.measurement.starts_with("first-fetch")) {
-        let _ = writeln!(
+    let _ = writeln!(
+        out,
+        "\nFull fetch right after seeding (it encodes, gzip), then once more without gzip (inflated from the held encoding):\n"
+    );
+    let _ = write!(out, "| instances | API | request | time s | MB on the wire |");
+    if before.is_some() {
+        let _ = write!(out, " before (`{label}`): first fetch s, MB |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---:|---|---|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out);
+    for record in records
+        .iter()
+        .filter(|r| r.measurement.starts_with("first-fetch") || r.measurement.starts_with("cached-fetch"))
+    {
+        let first = record.measurement.starts_with("first-fetch");
+        let api = record
+            .measurement
+            .trim_start_matches("first-fetch-")
+            .trim_start_matches("cached-fetch-");
+        let request = if first {
+            "first, `Accept-Encoding: gzip` (encodes)"
+        } else {
+            "next, plain (inflates)"
+        };
+        let _ = write!(
             out,
-            "| {} | {} | {:.3} | {:.1} |",
+            "| {} | {api} | {request} | {:.3} | {:.1} |",
             grouped(record.instances as f64),
-            record.measurement.trim_start_matches("first-fetch-"),
             number(&record.result, "seconds").unwrap_or(0.0),
             number(&record.result, "bytes").unwrap_or(0.0) / 1e6,
         );
+        if let Some(before) = before {
+            let earlier = first
+                .then(|| before.find(record.instances, &record.measurement, "registry"))
+                .flatten();
+            let text = earlier.map_or("–".to_owned(), |r| {
+                format!(
+                    "{:.3} s, {:.1}",
+                    number(&r.result, "seconds").unwrap_or(0.0),
+                    number(&r.result, "bytes").unwrap_or(0.0) / 1e6
+                )
+            });
+            let _ = write!(out, " {text} |");
+        }
+        let _ = writeln!(out);
     }
 
     let _ = writeln!(out, "\nResident memory of the registry process (`/proc/PID/status`):\n");
-    let _ = writeln!(out, "| instances held | when | VmRSS MB | VmHWM (peak) MB |");
-    let _ = writeln!(out, "|---:|---|---:|---:|");
+    let _ = write!(out, "| instances held | when | VmRSS MB | VmHWM (peak) MB |");
+    if before.is_some() {
+        let _ = write!(out, " before (`{label}`) VmRSS MB |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---:|---|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out);
     let mut rss_at_100k: Vec<f64> = Vec::new();
     for record in records.iter().filter(|r| r.measurement == "rss") {
         let held = number(&record.result, "instances_held").unwrap_or(record.instances as f64);
@@ -173,30 +319,39 @@ fn render(records: &[Record]) -> String {
         if held as u64 == 100_000 {
             rss_at_100k.push(rss);
         }
-        let _ = writeln!(
-            out,
-            "| {} | {} | {rss:.1} | {hwm:.1} |",
-            grouped(held),
-            record.result.get("when").and_then(Value::as_str).unwrap_or(""),
-        );
+        let when = record.result.get("when").and_then(Value::as_str).unwrap_or("");
+        let _ = write!(out, "| {} | {when} | {rss:.1} | {hwm:.1} |", grouped(held));
+        if let Some(before) = before {
+            let earlier = before.rss(record.instances, when);
+            let _ = write!(out, " {} |", earlier.map_or("–".to_owned(), |mb| format!("{mb:.1}")));
+        }
+        let _ = writeln!(out);
     }
 
     let _ = writeln!(
         out,
         "\nChange propagation (cancel sent → the last of the watchers parsed the event):\n"
     );
-    let _ = writeln!(
+    let _ = write!(
         out,
         "| instances | watchers | rounds | last told p50 ms | last told p99 ms | last told max ms | first told p50 ms | DELETE answered p50 / p99 ms |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, " before (`{label}`) last told p99 ms |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if before.is_some() {
+        let _ = write!(out, "---:|");
+    }
+    let _ = writeln!(out);
     let mut propagation_p99 = Vec::new();
     for record in records.iter().filter(|r| r.measurement == "propagation") {
         let r = &record.result;
         if let Some(p99) = number(r, "last_watcher_p99_us") {
             propagation_p99.push((record.instances, p99 / 1000.0));
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| {}{} | {:.0} | {:.0} | {} | {} | {} | {} | {} / {} |",
             grouped(record.instances as f64),
@@ -210,6 +365,13 @@ fn render(records: &[Record]) -> String {
             millis(number(r, "cancel_answered_p50_us")),
             millis(number(r, "cancel_answered_p99_us")),
         );
+        if let Some(before) = before {
+            let earlier = before
+                .find(record.instances, "propagation", "registry")
+                .and_then(|r| number(&r.result, "last_watcher_p99_us"));
+            let _ = write!(out, " {} |", millis(earlier));
+        }
+        let _ = writeln!(out);
     }
 
     if records.iter().any(|r| disturbed(Some(r)).is_empty().not()) {
@@ -220,32 +382,63 @@ fn render(records: &[Record]) -> String {
     }
 
     let _ = writeln!(out, "\nTargets:\n");
-    let _ = writeln!(out, "| target | measured | met? |");
-    let _ = writeln!(out, "|---|---|---|");
+    let _ = write!(out, "| target | measured | met? |");
+    if before.is_some() {
+        let _ = write!(out, " before (`{label}`) |");
+    }
+    let _ = writeln!(out);
+    let _ = write!(out, "|---|---|---|");
+    if before.is_some() {
+        let _ = write!(out, "---|");
+    }
+    let _ = writeln!(out);
     let verdict = |ok: bool| if ok { "yes" } else { "**no**" };
     for (instances, measurement, ratio) in &renewal_ratios {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| renewals ≥ {RENEWAL_RATIO_TARGET} × bare hyper ({}, {}) | {ratio:.2} | {} |",
             grouped(*instances as f64),
             measurement.trim_start_matches("renew-"),
             verdict(*ratio >= RENEWAL_RATIO_TARGET),
         );
+        if let Some(before) = before {
+            let earlier = before.ratio(*instances, measurement);
+            let _ = write!(out, " {} |", earlier.map_or("–".to_owned(), |r| format!("{r:.2}")));
+        }
+        let _ = writeln!(out);
     }
     if let Some(worst) = rss_at_100k.iter().copied().reduce(f64::max) {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| 100,000 instances in ≤ {RSS_TARGET_MB} MB (highest VmRSS while holding 100,000) | {worst:.1} MB | {} |",
             verdict(worst <= RSS_TARGET_MB),
         );
+        if let Some(before) = before {
+            let earlier = before
+                .records
+                .iter()
+                .filter(|r| r.measurement == "rss" && number(&r.result, "instances_held") == Some(100_000.0))
+                .filter_map(|r| number(&r.result, "vm_rss_kb"))
+                .map(|kb| kb * 1024.0 / 1e6)
+                .reduce(f64::max);
+            let _ = write!(out, " {} |", earlier.map_or("–".to_owned(), |mb| format!("{mb:.1} MB")));
+        }
+        let _ = writeln!(out);
     }
     for (instances, p99) in &propagation_p99 {
-        let _ = writeln!(
+        let _ = write!(
             out,
             "| propagation p99 < {PROPAGATION_P99_TARGET_MS} ms ({}) | {p99:.2} ms | {} |",
             grouped(*instances as f64),
             verdict(*p99 < PROPAGATION_P99_TARGET_MS),
         );
+        if let Some(before) = before {
+            let earlier = before
+                .find(*instances, "propagation", "registry")
+                .and_then(|r| number(&r.result, "last_watcher_p99_us"));
+            let _ = write!(out, " {} ms |", millis(earlier));
+        }
+        let _ = writeln!(out);
     }
     out
 }
@@ -261,9 +454,33 @@ mod tests {
             r#"{"instances":10000,"measurement":"renew-native","target":"registry","result":{"rps":400.0,"p50_us":1500,"p99_us":9000,"non2xx":0,"socket_errors":0}}"#,
         ];
         let records: Vec<Record> = lines.iter().map(|l| parse(l).unwrap()).collect();
-        let text = render(&records);
+        let text = render(&records, None);
         assert!(text.contains("| 10,000 | renewals (wrk, `PUT /v1/apps/{app}/{id}/heartbeat`) | 400 | 1.50 | 9.00 | – | 1,000 | 0.40 | 0 / 0 |"), "{text}");
         assert!(text.contains("| 0.40 | **no** |"), "{text}");
+    }
+
+    #[test]
+    fn shows_the_earlier_run_next_to_each_figure() {
+        let now = [
+            r#"{"instances":10000,"measurement":"renew-native","target":"hello","result":{"rps":1000.0}}"#,
+            r#"{"instances":10000,"measurement":"renew-native","target":"registry","result":{"rps":600.0,"non2xx":0,"socket_errors":0}}"#,
+            r#"{"instances":100000,"measurement":"rss","target":"registry","result":{"when":"after the Eureka JSON fetch run (gzip; two encodings held)","instances_held":100000,"vm_rss_kb":100000,"vm_hwm_kb":100000}}"#,
+        ];
+        let earlier = [
+            r#"{"instances":10000,"measurement":"renew-native","target":"hello","result":{"rps":1000.0}}"#,
+            r#"{"instances":10000,"measurement":"renew-native","target":"registry","result":{"rps":300.0}}"#,
+            r#"{"instances":100000,"measurement":"rss","target":"registry","result":{"when":"after the fetch runs (two encodings cached)","instances_held":100000,"vm_rss_kb":1000000,"vm_hwm_kb":1000000}}"#,
+        ];
+        let records: Vec<Record> = now.iter().map(|l| parse(l).unwrap()).collect();
+        let earlier: Vec<Record> = earlier.iter().map(|l| parse(l).unwrap()).collect();
+        let before = Before {
+            records: &earlier,
+            label: "abc1234",
+        };
+        let text = render(&records, Some(&before));
+        assert!(text.contains("| 0.60 | 0 / 0 | 300 / 0.30 |"), "{text}");
+        assert!(text.contains("| 102.4 | 102.4 | 1024.0 |"), "{text}");
+        assert!(text.contains("| 0.60 | yes | 0.30 |"), "{text}");
     }
 
     #[test]

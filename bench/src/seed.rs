@@ -1,5 +1,7 @@
 //! Fills the registry: `count` instances, spread over `apps` apps, registered over
-//! `concurrency` keep-alive connections, one request at a time on each.
+//! `concurrency` keep-alive connections, one request at a time on each. With
+//! `--cancel` it cancels them instead, and `--first` shifts the numbers, so that the
+//! cluster benchmark can register and cancel known ranges on each node.
 //!
 //! Instance `n` is `i-n` of app `BENCH-(n mod apps)`; the wrk scripts and the
 //! propagation probe derive the same names.
@@ -25,6 +27,12 @@ pub struct SeedArgs {
     /// How many instances.
     #[arg(long, default_value_t = 10_000)]
     count: usize,
+    /// The number of the first instance: instances `first..first + count`.
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    /// Cancel (`DELETE`) the instances instead of registering them.
+    #[arg(long)]
+    cancel: bool,
     /// Over how many apps.
     #[arg(long, default_value_t = 100)]
     apps: usize,
@@ -49,7 +57,8 @@ pub fn id_of(n: usize) -> String {
     format!("i-{n}")
 }
 
-/// Registers every instance and prints one JSON line with the rate and latencies.
+/// Registers (or cancels) every instance and prints one JSON line with the rate and
+/// latencies.
 pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
     let authority = client::authority(&args.registry)?;
     let next = Arc::new(AtomicUsize::new(0));
@@ -63,21 +72,26 @@ pub async fn run(args: SeedArgs) -> anyhow::Result<()> {
             let mut latencies = Vec::new();
             // Bounded: each worker takes numbers until all `count` are handed out.
             loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= args.count {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= args.count {
                     return anyhow::Ok(latencies);
                 }
-                let body = format!(
-                    r#"{{"instance_id":"{id}","host_name":"h{n}.bench","port":8080,"lease_duration_secs":{lease}}}"#,
-                    id = id_of(n),
-                    lease = args.lease_secs,
-                );
-                let path = format!("/v1/apps/{}", app_of(n, args.apps));
+                let n = args.first + k;
+                let (method, path, body) = if args.cancel {
+                    (Method::DELETE, format!("/v1/apps/{}/{}", app_of(n, args.apps), id_of(n)), None)
+                } else {
+                    let body = format!(
+                        r#"{{"instance_id":"{id}","host_name":"h{n}.bench","port":8080,"lease_duration_secs":{lease}}}"#,
+                        id = id_of(n),
+                        lease = args.lease_secs,
+                    );
+                    (Method::POST, format!("/v1/apps/{}", app_of(n, args.apps)), Some(Bytes::from(body)))
+                };
                 let sent = Instant::now();
-                let (status, answer) = connection.send(Method::POST, &path, Some(Bytes::from(body))).await?;
+                let (status, answer) = connection.send(method.clone(), &path, body).await?;
                 latencies.push(sent.elapsed());
                 if status.as_u16() != args.expect_status {
-                    bail!("POST {path} answered {status}: {}", String::from_utf8_lossy(&answer));
+                    bail!("{method} {path} answered {status}: {}", String::from_utf8_lossy(&answer));
                 }
             }
         }));

@@ -1,6 +1,5 @@
 //! Real `rtalpha registry` processes on loopback, and a plain HTTP/1.1 client.
 #![allow(dead_code)]
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
