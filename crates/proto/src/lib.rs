@@ -5,6 +5,7 @@
 //! The registry's native JSON API, the Eureka-compatible shapes, and the JSON error
 //! body that every server answers with live side by side.
 
+pub mod bus;
 pub mod error;
 pub mod eureka;
 pub mod instance;
