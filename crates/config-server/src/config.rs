@@ -48,6 +48,28 @@ pub struct ConfigServerSettings {
     pub username: Option<String>,
     /// See `username`.
     pub password: Option<String>,
+    /// The bus that carries refresh events.
+    pub bus: BusSettings,
+}
+
+/// The bus that carries refresh events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusSettings {
+    /// `amqp://…` for RabbitMQ (Spring Cloud Bus), `http://host:port` for another
+    /// config server's relay; unset, this server's own relay (`/bus/events`) is the bus.
+    pub url: Option<String>,
+    /// The application name in this server's bus id (`name:port:random`).
+    pub app_name: String,
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            url: None,
+            app_name: "config-server".to_owned(),
+        }
+    }
 }
 
 /// A git repository and how it is followed.
@@ -149,6 +171,14 @@ impl Validate for Config {
             return Err(ConfigError::invalid(
                 "config_server.username",
                 "username and password must be set together",
+            ));
+        }
+        if let Some(url) = &settings.bus.url
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::invalid(
+                "config_server.bus.url",
+                format!("`{url}` is not amqp:// or http://"),
             ));
         }
         if hex::decode(&self.encrypt.salt).is_err() {

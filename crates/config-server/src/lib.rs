@@ -10,6 +10,7 @@
 pub mod cipher;
 pub mod config;
 pub mod environment;
+pub mod monitor;
 pub mod parse;
 pub mod repo;
 pub mod server;

@@ -1,27 +1,34 @@
 //! The HTTP API of Spring Cloud Config, the refresh loop, and `run`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, StatusCode};
+use rtalpha_bus::{Bus, Delivery, RELAY_PATH, Relay};
+use rtalpha_proto::bus::RemoteEvent;
 use rtalpha_runtime::health::HealthState;
 use rtalpha_runtime::http::{ServeOptions, serve};
 use rtalpha_runtime::{ApiError, Health};
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cipher::Cipher;
 use crate::config::Config;
 use crate::environment::{self, Snapshot};
+use crate::monitor;
 use crate::repo::{GitRepo, NativeRepo, RepoError};
 use crate::store::{Backend, Store, destinations};
 
@@ -37,6 +44,16 @@ pub struct Shared {
     pub cipher: Option<Cipher>,
     credentials: Option<(String, String)>,
     health: Health,
+    /// The relay this server serves at `/bus/events`.
+    relay: Relay,
+    /// Where refresh events go: RabbitMQ, another server's relay, or the own relay.
+    bus: Bus,
+    /// This server's id on the bus.
+    bus_id: String,
+    /// Wakes the refresh loop at once (a webhook, another config server's event).
+    refresh_now: Notify,
+    /// The bus name prefix of config servers, to recognise each other's events.
+    bus_app: String,
 }
 
 impl std::ops::Deref for AppState {
@@ -70,8 +87,8 @@ fn default_basedir(uri: &str) -> PathBuf {
 }
 
 impl AppState {
-    /// State for a configuration.
-    pub fn new(config: &Config, health: Health) -> Result<Self, crate::cipher::CipherError> {
+    /// State for a configuration; `port` goes into the bus id.
+    pub fn new(config: &Config, health: Health, port: u16, shutdown: &CancellationToken) -> Result<Self, String> {
         let settings = &config.config_server;
         let backend = match (&settings.native_dir, &settings.git.uri) {
             (Some(dir), _) => Backend::Native(NativeRepo { dir: dir.clone() }),
@@ -91,14 +108,41 @@ impl AppState {
             settings.git.timeout,
         );
         let key = config.encrypt.key.clone().or_else(|| std::env::var("ENCRYPT_KEY").ok());
-        let cipher = key.map(|key| Cipher::new(&key, &config.encrypt.salt)).transpose()?;
+        let cipher = key
+            .map(|key| Cipher::new(&key, &config.encrypt.salt))
+            .transpose()
+            .map_err(|err| err.to_string())?;
         let credentials = settings.username.clone().zip(settings.password.clone());
+        let relay = Relay::default();
+        let bus = match &settings.bus.url {
+            Some(url) => Bus::connect(url, shutdown.clone()).map_err(|err| err.to_string())?,
+            None => Bus::local(relay.clone()),
+        };
         Ok(AppState(Arc::new(Shared {
             store,
             cipher,
             credentials,
             health,
+            relay,
+            bus,
+            bus_id: rtalpha_bus::bus_id(&settings.bus.app_name, port),
+            refresh_now: Notify::new(),
+            bus_app: format!("{}:", settings.bus.app_name),
         })))
+    }
+
+    /// Publishes a refresh event for each destination.
+    async fn publish_refresh(&self, destinations: &BTreeSet<String>) {
+        for destination in destinations {
+            let event = rtalpha_bus::refresh_event(&self.bus_id, destination);
+            match self.bus.publish(&event).await {
+                Ok(()) => {
+                    tracing::info!(destination = %event.destination(), "refresh event published");
+                    metrics::counter!("rtalpha_config_refresh_events_total").increment(1);
+                }
+                Err(err) => tracing::warn!(destination = %destination, error = %err, "cannot publish a refresh event"),
+            }
+        }
     }
 
     /// Reports the repository's health.
@@ -131,6 +175,12 @@ impl AppState {
 /// The config server's routes.
 pub fn routes(state: AppState) -> Router {
     Router::new()
+        .route(RELAY_PATH, get(relay_subscribe).post(relay_publish))
+        .route("/monitor", post(monitor))
+        .route("/busrefresh", post(bus_refresh))
+        .route("/busrefresh/{*destination}", post(bus_refresh_to))
+        .route("/actuator/busrefresh", post(bus_refresh))
+        .route("/actuator/busrefresh/{*destination}", post(bus_refresh_to))
         .route("/encrypt", post(encrypt))
         .route("/decrypt", post(decrypt))
         .route("/{first}", get(one_segment))
@@ -398,7 +448,8 @@ async fn decrypt(State(state): State<AppState>, body: Bytes) -> Result<Response,
 /// a local copy exists: it serves that, and says so in `/health` and in answers.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let health = Health::new();
-    let state = AppState::new(&config, health.clone()).map_err(|err| std::io::Error::other(err.to_string()))?;
+    let port = listener.local_addr()?.port();
+    let state = AppState::new(&config, health.clone(), port, &shutdown).map_err(std::io::Error::other)?;
     if config.config_server.git.clone_on_start || config.config_server.native_dir.is_some() {
         let _ = state.store.sync().await;
         if let Err(err) = state.store.snapshot(state.store.default_label()).await {
@@ -416,17 +467,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
+                    () = state.refresh_now.notified() => {}
                     () = token.cancelled() => return,
                 }
                 for change in state.store.refresh().await {
                     let targets = destinations(&change.paths);
                     tracing::info!(label = %change.label, version = ?change.version, files = change.paths.len(), destinations = ?targets, "configuration changed");
                     metrics::counter!("rtalpha_config_changes_total").increment(1);
+                    state.publish_refresh(&targets).await;
                 }
                 state.report_health();
                 health.set_ready(state.store.has_local_copy());
             }
         })
+    };
+    let listener_task = {
+        let (state, token) = (state.clone(), shutdown.clone());
+        tokio::spawn(async move { follow_other_config_servers(state, token).await })
     };
     let options = ServeOptions {
         max_body_bytes: config.server.max_body_bytes,
@@ -436,5 +493,83 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let result = serve(listener, routes(state), options, shutdown.clone()).await;
     shutdown.cancel();
     let _ = refresher.await;
+    let _ = listener_task.await;
     result
+}
+
+/// Another config server announcing a change (a webhook reached it, or its fetch found
+/// a commit) makes this one fetch at once: config servers share nothing but the bus.
+async fn follow_other_config_servers(state: AppState, shutdown: CancellationToken) {
+    let mut deliveries = state.bus.subscribe();
+    loop {
+        let delivery = tokio::select! {
+            delivery = deliveries.recv() => delivery,
+            () = shutdown.cancelled() => return,
+        };
+        match delivery {
+            Ok(Delivery::Event(event @ RemoteEvent::RefreshRemoteApplicationEvent { .. })) => {
+                let origin = event.origin();
+                if origin != state.bus_id && origin.starts_with(&state.bus_app) {
+                    tracing::info!(from = %origin, "another config server saw a change; fetching now");
+                    state.refresh_now.notify_one();
+                }
+            }
+            Ok(_) => {}
+            // Missed events may have announced a change: fetch to be sure.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => state.refresh_now.notify_one(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn relay_publish(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let event: RemoteEvent =
+        serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(format!("not a bus event: {err}")))?;
+    state.relay.publish(event);
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+async fn relay_subscribe(State(state): State<AppState>) -> Response {
+    let receiver = state.relay.deliveries().subscribe();
+    let events = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(Delivery::Event(event)) => {
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(Event::default().event("bus").data(data)),
+                        receiver,
+                    ));
+                }
+                Ok(Delivery::MayHaveMissed) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn monitor(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let changed = monitor::parse(&headers, &body).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let targets = match changed {
+        monitor::Changed::Paths(paths) => destinations(&paths),
+        monitor::Changed::Everything => BTreeSet::from(["**".to_owned()]),
+    };
+    // Fetch now; the refresh loop publishes for what actually changed, and other config
+    // servers hear of it on the bus.
+    state.refresh_now.notify_one();
+    let names: Vec<&String> = targets.iter().collect();
+    Ok(axum::Json(names).into_response())
+}
+
+async fn bus_refresh(State(state): State<AppState>) -> Response {
+    state.publish_refresh(&BTreeSet::from(["**".to_owned()])).await;
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn bus_refresh_to(State(state): State<AppState>, Path(destination): Path<String>) -> Response {
+    // Path segments join with `:` as in Spring: `/busrefresh/customers/9000`.
+    let destination = destination.trim_matches('/').replace('/', ":");
+    state.publish_refresh(&BTreeSet::from([destination])).await;
+    StatusCode::NO_CONTENT.into_response()
 }

@@ -495,3 +495,138 @@ async fn serves_a_plain_directory_natively() {
     );
     server.stop().await;
 }
+
+async fn next_refresh(
+    receiver: &mut tokio::sync::broadcast::Receiver<rtalpha_bus::Delivery>,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let delivery = tokio::time::timeout_at(deadline, receiver.recv()).await.ok()?.ok()?;
+        if let rtalpha_bus::Delivery::Event(
+            event @ rtalpha_proto::bus::RemoteEvent::RefreshRemoteApplicationEvent { .. },
+        ) = delivery
+        {
+            return Some(event.destination().to_owned());
+        }
+    }
+}
+
+async fn wait_connected(bus: &rtalpha_bus::Bus) {
+    assert!(
+        eventually(Duration::from_secs(5), async || bus.is_connected()).await,
+        "the bus connects"
+    );
+}
+
+#[tokio::test]
+async fn a_commit_reaches_subscribers_of_the_embedded_relay() {
+    let repo = repository(&[("application.yml", "a: 1\n"), ("foo.yml", "b: 1\n")]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let server = Server::start(git_config(
+        &repo.path().display().to_string(),
+        &basedir.path().join("clone"),
+    ))
+    .await;
+    let shutdown = CancellationToken::new();
+    let bus = rtalpha_bus::Bus::connect(&server.base, shutdown.clone()).expect("relay bus");
+    wait_connected(&bus).await;
+    let mut events = bus.subscribe();
+
+    let started = tokio::time::Instant::now();
+    commit(repo.path(), &[("foo.yml", "b: 2\n")], "foo changes");
+    let destination = next_refresh(&mut events, Duration::from_secs(5))
+        .await
+        .expect("a refresh event");
+    assert_eq!(destination, "foo:**", "only the application whose file changed");
+    eprintln!("commit to event over the relay: {:?}", started.elapsed());
+    commit(repo.path(), &[("application.yml", "a: 2\n")], "shared changes");
+    assert_eq!(
+        next_refresh(&mut events, Duration::from_secs(5)).await.as_deref(),
+        Some("**")
+    );
+
+    let (status, _) = server.call("POST", "/busrefresh/user-service", "", &[]).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        next_refresh(&mut events, Duration::from_secs(5)).await.as_deref(),
+        Some("user-service:**")
+    );
+    let (status, _) = server.call("POST", "/actuator/busrefresh", "", &[]).await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        next_refresh(&mut events, Duration::from_secs(5)).await.as_deref(),
+        Some("**")
+    );
+
+    let (status, body) = server
+        .call("POST", "/monitor", "{oops", &[("x-github-event", "push")])
+        .await;
+    assert_eq!(status, 400, "{body}");
+    shutdown.cancel();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_to_one_of_two_config_servers_refreshes_both_over_rabbitmq() {
+    let url = match std::env::var("RTALPHA_TEST_AMQP_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("CI").as_deref() == Ok("true") => panic!("RTALPHA_TEST_AMQP_URL is unset but CI=true"),
+        _ => {
+            println!("skipped: RTALPHA_TEST_AMQP_URL is unset");
+            return;
+        }
+    };
+    let repo = repository(&[("application.yml", "a: 1\n"), ("user-service.yml", "u: 1\n")]);
+    let uri = format!("file://{}", repo.path().display());
+    let basedir = tempfile::tempdir().expect("basedir");
+    let configure = |clone: &str| {
+        let mut config = git_config(&uri, &basedir.path().join(clone));
+        // No polling: only the webhook and the bus make them fetch.
+        config.config_server.git.refresh_rate = Duration::from_secs(3600);
+        config.config_server.bus.url = Some(url.clone());
+        config
+    };
+    let a = Server::start(configure("a")).await;
+    let b = Server::start(configure("b")).await;
+    let shutdown = CancellationToken::new();
+    let observer = rtalpha_bus::Bus::connect(&url, shutdown.clone()).expect("amqp bus");
+    wait_connected(&observer).await;
+    let mut events = observer.subscribe();
+    // Both servers connect to the broker before the webhook.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let fresh = commit(repo.path(), &[("user-service.yml", "u: 2\n")], "change");
+    for server in [&a, &b] {
+        assert_ne!(
+            server.json("/user-service/default").await["version"],
+            fresh.as_str(),
+            "not yet fetched"
+        );
+    }
+    let hook = r#"{"commits":[{"added":[],"modified":["user-service.yml"],"removed":[]}]}"#;
+    let (status, body) = a
+        .call(
+            "POST",
+            "/monitor",
+            hook,
+            &[("x-github-event", "push"), ("content-type", "application/json")],
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("user-service:**"), "{body}");
+    let destination = next_refresh(&mut events, Duration::from_secs(5))
+        .await
+        .expect("an event on RabbitMQ");
+    assert_eq!(destination, "user-service:**");
+    for server in [&a, &b] {
+        let caught_up = eventually(Duration::from_secs(5), async || {
+            server.json("/user-service/default").await["version"] == fresh.as_str()
+        })
+        .await;
+        assert!(caught_up, "{} serves the new commit", server.base);
+    }
+    shutdown.cancel();
+    a.stop().await;
+    b.stop().await;
+}
