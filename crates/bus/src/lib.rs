@@ -84,7 +84,11 @@ impl Bus {
         let transport = if url.starts_with("amqp://") || url.starts_with("amqps://") {
             Transport::Amqp(amqp::Amqp::start(url.to_owned(), deliveries.clone(), shutdown))
         } else if url.starts_with("http://") {
-            Transport::Relay(Box::new(relay::RelayClient::start(url.to_owned(), deliveries.clone(), shutdown)))
+            Transport::Relay(Box::new(relay::RelayClient::start(
+                url.to_owned(),
+                deliveries.clone(),
+                shutdown,
+            )))
         } else {
             return Err(BusError::UnsupportedUrl(url.to_owned()));
         };
