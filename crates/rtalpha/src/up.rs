@@ -1,4 +1,5 @@
-//! `rtalpha up`: the whole system on this machine, each part its own process.
+//! `rtalpha up`: the whole system on this machine, each part its own process. The config
+//! server serves `config-repo/` as a plain directory (it refreshes on every change).
 //!
 //! The supervisor starts the parts in the platform's start order, waits for each to
 //! report ready before starting the next, restarts a part that dies, and on SIGINT or
@@ -25,6 +26,12 @@ const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// Options of `up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
+    /// Where the config server listens.
+    #[arg(long, default_value = "127.0.0.1:8888")]
+    config_server_bind: SocketAddr,
+    /// The directory of configuration files the config server serves.
+    #[arg(long, default_value = "config-repo")]
+    config_repo: std::path::PathBuf,
     /// Where the registry listens.
     #[arg(long, default_value = "127.0.0.1:8761")]
     registry_bind: SocketAddr,
@@ -83,12 +90,33 @@ async fn wait_ready(name: &str, bind: SocketAddr) -> anyhow::Result<()> {
 /// Runs the system until a shutdown signal.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = rtalpha_runtime::shutdown::on_signal();
-    let mut parts = vec![Part {
-        name: "registry",
-        args: vec!["registry".into(), "--bind".into(), args.registry_bind.to_string()],
-        bind: args.registry_bind,
-        child: None,
-    }];
+    if !args.config_repo.is_dir() {
+        bail!(
+            "{} is not a directory: run `up` from the repository's root or give --config-repo DIR",
+            args.config_repo.display()
+        );
+    }
+    // The start order of the platform: the config server first, then the registry.
+    let mut parts = vec![
+        Part {
+            name: "config server",
+            args: vec![
+                "config-server".into(),
+                "--bind".into(),
+                args.config_server_bind.to_string(),
+                "--native-dir".into(),
+                args.config_repo.display().to_string(),
+            ],
+            bind: args.config_server_bind,
+            child: None,
+        },
+        Part {
+            name: "registry",
+            args: vec!["registry".into(), "--bind".into(), args.registry_bind.to_string()],
+            bind: args.registry_bind,
+            child: None,
+        },
+    ];
     for position in 0..parts.len() {
         if let Err(err) = parts[position].start().await {
             for started in parts[..=position].iter_mut().rev() {
@@ -98,8 +126,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     eprintln!(
-        "rtalpha up: running; registry dashboard at http://{} — Ctrl-C stops everything",
-        args.registry_bind
+        "rtalpha up: running; config at http://{}/application/default, registry dashboard at http://{} — Ctrl-C stops everything",
+        args.config_server_bind, args.registry_bind
     );
     loop {
         tokio::select! {

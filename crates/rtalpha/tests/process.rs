@@ -228,10 +228,18 @@ fn status_prints_the_registry_as_a_table() {
 }
 
 #[test]
-fn up_runs_the_registry_and_stops_it_on_sigterm() {
+fn up_runs_the_config_server_and_the_registry_and_stops_them_on_sigterm() {
     let port = free_port();
+    let config_port = free_port();
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config-repo");
     let mut child = Command::new(BINARY)
         .args(["up", "--registry-bind", &format!("127.0.0.1:{port}")])
+        .args([
+            "--config-server-bind",
+            &format!("127.0.0.1:{config_port}"),
+            "--config-repo",
+            repo,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
