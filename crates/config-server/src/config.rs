@@ -99,6 +99,27 @@ pub struct GitSettings {
     /// How often the remote is fetched in the background.
     #[serde(with = "humantime_serde")]
     pub refresh_rate: Duration,
+    /// Further repositories, each serving the applications its patterns match.
+    pub repos: Vec<PatternRepo>,
+}
+
+/// A repository for the applications whose name (or `name/profile`) matches a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternRepo {
+    /// A name for logs and `/health`.
+    pub name: String,
+    /// Patterns with `*` wildcards, such as `user-*` or `*/dev`; a pattern without `/`
+    /// matches any profile.
+    pub pattern: Vec<String>,
+    /// The repository.
+    pub uri: String,
+    /// Its search paths.
+    #[serde(default)]
+    pub search_paths: Vec<String>,
+    /// Its default label (the main repository's when unset).
+    #[serde(default)]
+    pub default_label: Option<String>,
 }
 
 impl Default for GitSettings {
@@ -113,6 +134,7 @@ impl Default for GitSettings {
             force_pull: false,
             timeout: Duration::from_secs(10),
             refresh_rate: Duration::from_secs(30),
+            repos: Vec::new(),
         }
     }
 }
@@ -159,6 +181,14 @@ impl Validate for Config {
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
+            }
+        }
+        for (position, repo) in settings.git.repos.iter().enumerate() {
+            if repo.pattern.is_empty() || repo.pattern.iter().any(|p| p.trim().is_empty()) {
+                return Err(ConfigError::invalid(
+                    format!("config_server.git.repos[{position}].pattern"),
+                    "needs at least one non-empty pattern",
+                ));
             }
         }
         if settings.git.default_label.trim().is_empty() {

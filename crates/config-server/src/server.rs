@@ -38,8 +38,10 @@ pub struct AppState(Arc<Shared>);
 
 /// The shared parts of [`AppState`].
 pub struct Shared {
-    /// The repository.
+    /// The main repository.
     pub store: Store,
+    /// Further repositories by application pattern, tried in order before the main one.
+    pub pattern_stores: Vec<(Vec<String>, Store)>,
     /// The key for `{cipher}` values, when one is configured.
     pub cipher: Option<Cipher>,
     credentials: Option<(String, String)>,
@@ -107,6 +109,25 @@ impl AppState {
             settings.git.default_label.clone(),
             settings.git.timeout,
         );
+        let pattern_stores = settings
+            .git
+            .repos
+            .iter()
+            .map(|repo| {
+                let backend = Backend::Git(GitRepo {
+                    uri: repo.uri.clone(),
+                    dir: settings
+                        .git
+                        .basedir
+                        .as_ref()
+                        .map_or_else(|| default_basedir(&repo.uri), |base| base.join(format!("repo-{}", repo.name))),
+                    depth: settings.git.depth,
+                });
+                let label = repo.default_label.clone().unwrap_or_else(|| settings.git.default_label.clone());
+                let store = Store::new(backend, repo.search_paths.clone(), label, settings.git.timeout);
+                (repo.pattern.clone(), store)
+            })
+            .collect();
         let key = config.encrypt.key.clone().or_else(|| std::env::var("ENCRYPT_KEY").ok());
         let cipher = key
             .map(|key| Cipher::new(&key, &config.encrypt.salt))
@@ -120,6 +141,7 @@ impl AppState {
         };
         Ok(AppState(Arc::new(Shared {
             store,
+            pattern_stores,
             cipher,
             credentials,
             health,
@@ -145,15 +167,44 @@ impl AppState {
         }
     }
 
-    /// Reports the repository's health.
+    /// The repository that serves an application and its profiles.
+    pub fn store_for(&self, application: &str, profiles: &str) -> &Store {
+        let key = format!("{application}/{profiles}");
+        self.pattern_stores
+            .iter()
+            .find(|(patterns, _)| {
+                patterns.iter().any(|pattern| {
+                    let pattern = pattern.trim();
+                    if pattern.contains('/') {
+                        wildcard(pattern, &key)
+                    } else {
+                        wildcard(pattern, application)
+                    }
+                })
+            })
+            .map_or(&self.store, |(_, store)| store)
+    }
+
+    fn all_stores(&self) -> impl Iterator<Item = &Store> {
+        std::iter::once(&self.store).chain(self.pattern_stores.iter().map(|(_, store)| store))
+    }
+
+    fn has_local_copies(&self) -> bool {
+        self.all_stores().all(Store::has_local_copy)
+    }
+
+    /// Reports the repositories' health, one check each.
     fn report_health(&self) {
-        let (remote, invalid) = self.store.problems();
-        if !self.store.has_local_copy() {
-            self.health.set(
-                "repository",
-                HealthState::Down,
-                remote.unwrap_or_else(|| "no local copy".to_owned()),
-            );
+        self.report_store_health("repository", &self.store);
+        for (position, (_, store)) in self.pattern_stores.iter().enumerate() {
+            self.report_store_health(&format!("repository[{position}]"), store);
+        }
+    }
+
+    fn report_store_health(&self, name: &str, store: &Store) {
+        let (remote, invalid) = store.problems();
+        if !store.has_local_copy() {
+            self.health.set(name, HealthState::Down, remote.unwrap_or_else(|| "no local copy".to_owned()));
             return;
         }
         let mut problems = Vec::new();
@@ -164,10 +215,9 @@ impl AppState {
             problems.push(format!("invalid files not served: {}", invalid.join("; ")));
         }
         if problems.is_empty() {
-            self.health.set("repository", HealthState::Up, "");
+            self.health.set(name, HealthState::Up, "");
         } else {
-            self.health
-                .set("repository", HealthState::Degraded, problems.join(" | "));
+            self.health.set(name, HealthState::Degraded, problems.join(" | "));
         }
     }
 }
@@ -221,6 +271,17 @@ async fn require_credentials(State(state): State<AppState>, request: Request, ne
     response
 }
 
+/// `*` matches any run of characters; everything else itself.
+fn wildcard(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else { return false };
+            (0..=rest.len()).any(|skip| rest.is_char_boundary(skip) && wildcard(tail, &rest[skip..]))
+        }
+    }
+}
+
 /// Spring's `(_)` stands for `/` in labels.
 fn label_of(text: &str) -> String {
     text.replace("(_)", "/")
@@ -256,14 +317,15 @@ async fn environment_response(
     label: Option<&str>,
 ) -> Result<Response, ApiError> {
     valid_name(application, "application name")?;
+    let store = state.store_for(application, profiles);
     let named = label.is_some();
-    let label = label.map_or_else(|| state.store.default_label().to_owned(), label_of);
-    let snapshot = state.store.snapshot(&label).await?;
+    let label = label.map_or_else(|| store.default_label().to_owned(), label_of);
+    let snapshot = store.snapshot(&label).await?;
     let body = snapshot.environment_json(
         application,
         &profiles_of(profiles),
         named,
-        state.store.state(&label),
+        store.state(&label),
         state.cipher.as_ref(),
     );
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
@@ -312,8 +374,9 @@ async fn render(
     resolve: bool,
 ) -> Result<Response, ApiError> {
     valid_name(&rendering.application, "application name")?;
-    let label = label.map_or_else(|| state.store.default_label().to_owned(), label_of);
-    let snapshot = state.store.snapshot(&label).await?;
+    let store = state.store_for(&rendering.application, &rendering.profiles);
+    let label = label.map_or_else(|| store.default_label().to_owned(), label_of);
+    let snapshot = store.snapshot(&label).await?;
     let environment = snapshot.environment(
         &rendering.application,
         &profiles_of(&rendering.profiles),
@@ -387,7 +450,7 @@ async fn plain_file(
 ) -> Result<Response, ApiError> {
     valid_name(&application, "application name")?;
     let label = label_of(&label);
-    let snapshot: Arc<Snapshot> = state.store.snapshot(&label).await?;
+    let snapshot: Arc<Snapshot> = state.store_for(&application, &profiles).snapshot(&label).await?;
     let profiles = profiles_of(&profiles);
     let bytes = snapshot
         .plain_file(&application, &profiles, &path)
@@ -451,13 +514,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let port = listener.local_addr()?.port();
     let state = AppState::new(&config, health.clone(), port, &shutdown).map_err(std::io::Error::other)?;
     if config.config_server.git.clone_on_start || config.config_server.native_dir.is_some() {
-        let _ = state.store.sync().await;
-        if let Err(err) = state.store.snapshot(state.store.default_label()).await {
-            tracing::warn!(error = %err, "the default label cannot be served yet");
+        for store in state.all_stores() {
+            let _ = store.sync().await;
+            if let Err(err) = store.snapshot(store.default_label()).await {
+                tracing::warn!(error = %err, "the default label cannot be served yet");
+            }
         }
     }
     state.report_health();
-    health.set_ready(state.store.has_local_copy());
+    health.set_ready(state.has_local_copies());
     let refresher = {
         let (state, token, health) = (state.clone(), shutdown.clone(), health.clone());
         let every = config.config_server.git.refresh_rate;
@@ -470,14 +535,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
                     () = state.refresh_now.notified() => {}
                     () = token.cancelled() => return,
                 }
-                for change in state.store.refresh().await {
-                    let targets = destinations(&change.paths);
-                    tracing::info!(label = %change.label, version = ?change.version, files = change.paths.len(), destinations = ?targets, "configuration changed");
-                    metrics::counter!("rtalpha_config_changes_total").increment(1);
-                    state.publish_refresh(&targets).await;
+                for store in state.all_stores() {
+                    for change in store.refresh().await {
+                        let targets = destinations(&change.paths);
+                        tracing::info!(label = %change.label, version = ?change.version, files = change.paths.len(), destinations = ?targets, "configuration changed");
+                        metrics::counter!("rtalpha_config_changes_total").increment(1);
+                        state.publish_refresh(&targets).await;
+                    }
                 }
                 state.report_health();
-                health.set_ready(state.store.has_local_copy());
+                health.set_ready(state.has_local_copies());
             }
         })
     };

@@ -630,3 +630,41 @@ async fn a_webhook_to_one_of_two_config_servers_refreshes_both_over_rabbitmq() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn applications_are_served_from_the_repository_their_pattern_names() {
+    let main = repository(&[("application.yml", "from: main\n")]);
+    let users = repository(&[("application.yml", "from: users\n")]);
+    let staging = repository(&[("application.yml", "from: staging\n")]);
+    let main_version = git(main.path(), &["rev-parse", "HEAD"]);
+    let users_version = git(users.path(), &["rev-parse", "HEAD"]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&main.path().display().to_string(), &basedir.path().join("clones"));
+    config.config_server.git.repos = vec![
+        rtalpha_config_server::config::PatternRepo {
+            name: "users".into(),
+            pattern: vec!["user-*".into(), "accounts".into()],
+            uri: users.path().display().to_string(),
+            search_paths: Vec::new(),
+            default_label: None,
+        },
+        rtalpha_config_server::config::PatternRepo {
+            name: "staging".into(),
+            pattern: vec!["*/staging".into()],
+            uri: staging.path().display().to_string(),
+            search_paths: Vec::new(),
+            default_label: None,
+        },
+    ];
+    let server = Server::start(config).await;
+    let from = |environment: &Value| environment["propertySources"][0]["source"]["from"].as_str().map(str::to_owned);
+    let user = server.json("/user-service/default").await;
+    assert_eq!((from(&user).as_deref(), user["version"].as_str()), (Some("users"), Some(users_version.as_str())));
+    assert_eq!(from(&server.json("/accounts/default").await).as_deref(), Some("users"));
+    assert_eq!(from(&server.json("/billing/staging").await).as_deref(), Some("staging"));
+    let other = server.json("/billing/default").await;
+    assert_eq!((from(&other).as_deref(), other["version"].as_str()), (Some("main"), Some(main_version.as_str())));
+    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
+    assert_eq!(health["checks"]["repository[0]"]["status"], "UP", "{health}");
+    server.stop().await;
+}
