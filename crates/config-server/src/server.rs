@@ -116,14 +116,16 @@ impl AppState {
             .map(|repo| {
                 let backend = Backend::Git(GitRepo {
                     uri: repo.uri.clone(),
-                    dir: settings
-                        .git
-                        .basedir
-                        .as_ref()
-                        .map_or_else(|| default_basedir(&repo.uri), |base| base.join(format!("repo-{}", repo.name))),
+                    dir: settings.git.basedir.as_ref().map_or_else(
+                        || default_basedir(&repo.uri),
+                        |base| base.join(format!("repo-{}", repo.name)),
+                    ),
                     depth: settings.git.depth,
                 });
-                let label = repo.default_label.clone().unwrap_or_else(|| settings.git.default_label.clone());
+                let label = repo
+                    .default_label
+                    .clone()
+                    .unwrap_or_else(|| settings.git.default_label.clone());
                 let store = Store::new(backend, repo.search_paths.clone(), label, settings.git.timeout);
                 (repo.pattern.clone(), store)
             })
@@ -204,7 +206,11 @@ impl AppState {
     fn report_store_health(&self, name: &str, store: &Store) {
         let (remote, invalid) = store.problems();
         if !store.has_local_copy() {
-            self.health.set(name, HealthState::Down, remote.unwrap_or_else(|| "no local copy".to_owned()));
+            self.health.set(
+                name,
+                HealthState::Down,
+                remote.unwrap_or_else(|| "no local copy".to_owned()),
+            );
             return;
         }
         let mut problems = Vec::new();
@@ -276,7 +282,9 @@ fn wildcard(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, tail)) => {
-            let Some(rest) = text.strip_prefix(head) else { return false };
+            let Some(rest) = text.strip_prefix(head) else {
+                return false;
+            };
             (0..=rest.len()).any(|skip| rest.is_char_boundary(skip) && wildcard(tail, &rest[skip..]))
         }
     }
@@ -548,6 +556,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
             }
         })
     };
+    let _watchers = watch_local_sources(&state);
     let listener_task = {
         let (state, token) = (state.clone(), shutdown.clone());
         tokio::spawn(async move { follow_other_config_servers(state, token).await })
@@ -562,6 +571,34 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     let _ = refresher.await;
     let _ = listener_task.await;
     result
+}
+
+/// Watches the sources on this machine, so that a commit (or an edit of a plain
+/// directory) is served at once rather than at the next `refresh_rate`. The watchers
+/// live as long as the returned values.
+fn watch_local_sources(state: &AppState) -> Vec<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watchers = Vec::new();
+    for store in state.all_stores() {
+        let Some(path) = store.local_source() else { continue };
+        let waker = state.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|event| !event.kind.is_access()) {
+                waker.refresh_now.notify_one();
+            }
+        });
+        match watcher {
+            Ok(mut watcher) => match watcher.watch(&path, notify::RecursiveMode::Recursive) {
+                Ok(()) => {
+                    tracing::info!(path = %path.display(), "watching the repository for changes");
+                    watchers.push(watcher);
+                }
+                Err(err) => tracing::warn!(path = %path.display(), error = %err, "cannot watch; polling only"),
+            },
+            Err(err) => tracing::warn!(error = %err, "cannot watch the file system; polling only"),
+        }
+    }
+    watchers
 }
 
 /// Another config server announcing a change (a webhook reached it, or its fetch found

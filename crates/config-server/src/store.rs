@@ -114,6 +114,20 @@ impl Store {
         outcome
     }
 
+    /// The directory to watch for changes, when the source is on this machine: a plain
+    /// directory, or a git repository given by path or `file://` URL.
+    pub fn local_source(&self) -> Option<std::path::PathBuf> {
+        match &self.backend {
+            Backend::Native(native) => Some(native.dir.clone()),
+            Backend::Git(git) => {
+                let path = git.uri.strip_prefix("file://").unwrap_or(&git.uri);
+                (!git.uri.contains("://") || git.uri.starts_with("file://"))
+                    .then(|| std::path::PathBuf::from(path))
+                    .filter(|path| path.exists())
+            }
+        }
+    }
+
     /// Whether there is anything local to serve from.
     pub fn has_local_copy(&self) -> bool {
         match &self.backend {

@@ -657,14 +657,53 @@ async fn applications_are_served_from_the_repository_their_pattern_names() {
         },
     ];
     let server = Server::start(config).await;
-    let from = |environment: &Value| environment["propertySources"][0]["source"]["from"].as_str().map(str::to_owned);
+    let from = |environment: &Value| {
+        environment["propertySources"][0]["source"]["from"]
+            .as_str()
+            .map(str::to_owned)
+    };
     let user = server.json("/user-service/default").await;
-    assert_eq!((from(&user).as_deref(), user["version"].as_str()), (Some("users"), Some(users_version.as_str())));
+    assert_eq!(
+        (from(&user).as_deref(), user["version"].as_str()),
+        (Some("users"), Some(users_version.as_str()))
+    );
     assert_eq!(from(&server.json("/accounts/default").await).as_deref(), Some("users"));
     assert_eq!(from(&server.json("/billing/staging").await).as_deref(), Some("staging"));
     let other = server.json("/billing/default").await;
-    assert_eq!((from(&other).as_deref(), other["version"].as_str()), (Some("main"), Some(main_version.as_str())));
+    assert_eq!(
+        (from(&other).as_deref(), other["version"].as_str()),
+        (Some("main"), Some(main_version.as_str()))
+    );
     let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
     assert_eq!(health["checks"]["repository[0]"]["status"], "UP", "{health}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_local_repository_is_watched_so_a_commit_is_served_without_waiting_for_a_poll() {
+    let repo = repository(&[("application.yml", "a: 1\n")]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&repo.path().display().to_string(), &basedir.path().join("clone"));
+    config.config_server.git.refresh_rate = Duration::from_secs(3600);
+    let server = Server::start(config).await;
+    let shutdown = CancellationToken::new();
+    let bus = rtalpha_bus::Bus::connect(&server.base, shutdown.clone()).expect("relay bus");
+    wait_connected(&bus).await;
+    let mut events = bus.subscribe();
+    let started = tokio::time::Instant::now();
+    let fresh = commit(repo.path(), &[("application.yml", "a: 2\n")], "two");
+    assert_eq!(
+        next_refresh(&mut events, Duration::from_secs(3)).await.as_deref(),
+        Some("**"),
+        "the watch saw the commit"
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(server.json("/foo/default").await["version"], fresh.as_str());
+    eprintln!("local commit to refresh event: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "commit to event under 1 s: {elapsed:?}"
+    );
+    shutdown.cancel();
     server.stop().await;
 }
