@@ -12,11 +12,11 @@ use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine;
-use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
+use http::header::CONTENT_TYPE;
 use rtalpha_bus::{Bus, Delivery, RELAY_PATH, Relay};
 use rtalpha_proto::bus::RemoteEvent;
+use rtalpha_runtime::auth::BasicAuth;
 use rtalpha_runtime::health::HealthState;
 use rtalpha_runtime::http::{ServeOptions, serve};
 use rtalpha_runtime::{ApiError, Health};
@@ -44,7 +44,7 @@ pub struct Shared {
     pub pattern_stores: Vec<(Vec<String>, Store)>,
     /// The key for `{cipher}` values, when one is configured.
     pub cipher: Option<Cipher>,
-    credentials: Option<(String, String)>,
+    credentials: Option<BasicAuth>,
     health: Health,
     /// The relay this server serves at `/bus/events`.
     relay: Relay,
@@ -135,7 +135,11 @@ impl AppState {
             .map(|key| Cipher::new(&key, &config.encrypt.salt))
             .transpose()
             .map_err(|err| err.to_string())?;
-        let credentials = settings.username.clone().zip(settings.password.clone());
+        let credentials = BasicAuth::configured(
+            settings.username.as_deref(),
+            settings.password.as_deref(),
+            "config server",
+        );
         let relay = Relay::default();
         let bus = match &settings.bus.url {
             Some(url) => Bus::connect(url, shutdown.clone()).map_err(|err| err.to_string())?,
@@ -248,33 +252,14 @@ pub fn routes(state: AppState) -> Router {
 }
 
 async fn require_credentials(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some((user, password)) = &state.credentials else {
-        return next.run(request).await;
-    };
-    let presented = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Basic "))
-        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok());
-    let expected = format!("{user}:{password}");
-    let matches = presented.is_some_and(|bytes| {
-        bytes.len() == expected.len()
-            && bytes
-                .iter()
-                .zip(expected.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    });
-    if matches {
-        return next.run(request).await;
+    if let Some(refusal) = state
+        .credentials
+        .as_ref()
+        .and_then(|auth| auth.refusal(request.headers()))
+    {
+        return refusal;
     }
-    let mut response = ApiError::unauthorized("this config server needs HTTP Basic credentials").into_response();
-    response.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"rtalpha config\""),
-    );
-    response
+    next.run(request).await
 }
 
 /// `*` matches any run of characters; everything else itself.

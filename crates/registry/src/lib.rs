@@ -7,7 +7,6 @@
 //! `/v1/` ([`api`]) and Eureka's REST API under `/eureka/` ([`eureka`]).
 
 pub mod api;
-mod auth;
 pub mod clock;
 pub mod cluster;
 pub mod config;

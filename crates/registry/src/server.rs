@@ -13,6 +13,7 @@ use rtalpha_proto::registry::{Change, INDEX_HEADER, MetadataPatch};
 use rtalpha_proto::replication::ReplicationItem;
 use rtalpha_proto::{Instance, Status};
 use rtalpha_runtime::Health;
+use rtalpha_runtime::auth::BasicAuth;
 use rtalpha_runtime::health::HealthState;
 use rtalpha_runtime::http::{ServeOptions, serve};
 use tokio::net::TcpListener;
@@ -23,7 +24,7 @@ use crate::cluster::Cluster;
 use crate::config::{Config, RegistrySettings};
 use crate::encode::EncodingCache;
 use crate::table::{LeaseTable, Renewal, RenewalReport, TableError, TableSettings};
-use crate::{api, auth, dashboard, eureka, probe, replication};
+use crate::{api, dashboard, eureka, probe, replication};
 
 /// How often renewals are sampled for the self-preservation window.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +46,8 @@ pub struct Shared {
     pub encodings: EncodingCache,
     /// The cluster, when peers are configured.
     pub cluster: Option<Arc<Cluster>>,
+    /// HTTP Basic credentials every registry call needs, when configured.
+    auth: Option<BasicAuth>,
     node_id: String,
 }
 
@@ -83,8 +86,14 @@ impl AppState {
                 settings.cluster.clone(),
             ))
         });
+        let auth = BasicAuth::configured(
+            settings.auth.username.as_deref(),
+            settings.auth.password.as_deref(),
+            "registry",
+        );
         AppState(Arc::new(Shared {
             table,
+            auth,
             settings,
             shutdown,
             encodings: EncodingCache::default(),
@@ -218,7 +227,7 @@ pub fn routes(state: AppState) -> Router {
 /// Checks credentials, then stamps the version index on the answer: one middleware,
 /// because every layer costs a state clone per request.
 async fn guard_and_index(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(refusal) = auth::refusal(&state, &request) {
+    if let Some(refusal) = state.auth.as_ref().and_then(|auth| auth.refusal(request.headers())) {
         return refusal;
     }
     let mut response = next.run(request).await;

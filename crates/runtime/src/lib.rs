@@ -6,6 +6,7 @@
 //! limit, and graceful shutdown. Configuration is layered by [`config::load`], and
 //! logs and metrics are set up by [`telemetry::init`].
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
