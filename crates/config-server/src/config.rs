@@ -101,6 +101,10 @@ pub struct GitSettings {
     pub refresh_rate: Duration,
     /// Further repositories, each serving the applications its patterns match.
     pub repos: Vec<PatternRepo>,
+    /// The user name for an `http(s)://` remote.
+    pub username: Option<String>,
+    /// The password, or an access token, for an `http(s)://` remote.
+    pub password: Option<String>,
 }
 
 /// A repository for the applications whose name (or `name/profile`) matches a pattern.
@@ -120,6 +124,12 @@ pub struct PatternRepo {
     /// Its default label (the main repository's when unset).
     #[serde(default)]
     pub default_label: Option<String>,
+    /// Its user name for `http(s)://`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password or token for `http(s)://`.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 impl Default for GitSettings {
@@ -135,6 +145,8 @@ impl Default for GitSettings {
             timeout: Duration::from_secs(10),
             refresh_rate: Duration::from_secs(30),
             repos: Vec::new(),
+            username: None,
+            password: None,
         }
     }
 }

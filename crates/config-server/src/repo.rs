@@ -39,8 +39,10 @@ pub enum RepoError {
     Unavailable(String),
 }
 
-fn unavailable(context: &str, err: impl std::fmt::Display) -> RepoError {
-    RepoError::Unavailable(format!("{context}: {err}"))
+/// The whole chain of causes, for `/health` and logs: gix's top error alone ("Transport
+/// handshake failed") rarely says what to fix.
+fn unavailable(context: &str, err: impl std::fmt::Debug) -> RepoError {
+    RepoError::Unavailable(format!("{context}: {err:?}").replace("\n\n", " ").replace('\n', " "))
 }
 
 /// A plain directory of configuration files.
@@ -105,6 +107,42 @@ pub struct GitRepo {
     pub dir: PathBuf,
     /// Fetch only this many commits (`None`: everything).
     pub depth: Option<u32>,
+    /// HTTP credentials (a token goes in the password).
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password (or token) for an `http(s)://` remote.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A credential helper answering every request with the configured credentials.
+fn helper(
+    credentials: Credentials,
+) -> impl FnMut(gix::credentials::helper::Action) -> gix::Result<Option<gix::credentials::protocol::Outcome>> + Clone {
+    move |action| match action {
+        gix::credentials::helper::Action::Get(context) => Ok(Some(gix::credentials::protocol::Outcome {
+            credentials: gix::sec::identity::Credentials::UsernamePassword {
+                username: credentials.username.clone(),
+                password: credentials.password.clone(),
+                oauth_refresh_token: None,
+            },
+            next: context.into(),
+        })),
+        _ => Ok(None),
+    }
 }
 
 impl GitRepo {
@@ -141,6 +179,12 @@ impl GitRepo {
             prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
         }
         prepare = prepare.configure_remote(|remote| remote.with_refspecs(REFSPECS, gix::remote::Direction::Fetch));
+        if let Some(credentials) = self.credentials.clone() {
+            prepare = prepare.configure_connection(move |connection| {
+                connection.set_credentials(helper(credentials.clone()));
+                Ok(())
+            });
+        }
         prepare
             .fetch_only(gix::progress::Discard, interrupt)
             .map_err(|err| unavailable(&format!("cloning {}", self.uri), err))?;
@@ -155,9 +199,12 @@ impl GitRepo {
             .map_err(|err| unavailable("reading the remote", err))?
             .with_refspecs(REFSPECS, gix::remote::Direction::Fetch)
             .map_err(|err| unavailable("configuring the remote", err))?;
-        let connection = remote
+        let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|err| unavailable(&format!("connecting to {}", self.uri), err))?;
+        if let Some(credentials) = self.credentials.clone() {
+            connection.set_credentials(helper(credentials));
+        }
         let mut prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
             .map_err(|err| unavailable(&format!("fetching from {}", self.uri), err))?;
@@ -264,6 +311,7 @@ mod tests {
             uri: origin.path().display().to_string(),
             dir: clone.path().join("repo"),
             depth: None,
+            credentials: None,
         };
         let never = AtomicBool::new(false);
         repo.sync(&never).unwrap();

@@ -29,7 +29,7 @@ use crate::cipher::Cipher;
 use crate::config::Config;
 use crate::environment::{self, Snapshot};
 use crate::monitor;
-use crate::repo::{GitRepo, NativeRepo, RepoError};
+use crate::repo::{Credentials, GitRepo, NativeRepo, RepoError};
 use crate::store::{Backend, Store, destinations};
 
 /// What the handlers share, behind one `Arc`.
@@ -71,10 +71,20 @@ impl From<RepoError> for ApiError {
         match err {
             RepoError::UnknownLabel(label) => ApiError::not_found(format!("no label `{label}` in the repository")),
             RepoError::Unavailable(problem) => {
-                ApiError::unavailable(format!("the repository cannot be read: {problem}"))
+                // The details (local paths, remote errors) are for operators, in logs and
+                // `/health`; the caller learns that it can retry.
+                tracing::warn!(problem = %problem, "a request found no repository to serve");
+                ApiError::unavailable("the repository cannot be read now; see /health")
             }
         }
     }
+}
+
+fn credentials_of(username: Option<&str>, password: Option<&str>) -> Option<Credentials> {
+    Some(Credentials {
+        username: username.unwrap_or("git").to_owned(),
+        password: password?.to_owned(),
+    })
 }
 
 /// The local clone's directory for a URI when `basedir` is not set.
@@ -98,6 +108,7 @@ impl AppState {
                 uri: uri.clone(),
                 dir: settings.git.basedir.clone().unwrap_or_else(|| default_basedir(uri)),
                 depth: settings.git.depth,
+                credentials: credentials_of(settings.git.username.as_deref(), settings.git.password.as_deref()),
             }),
             (None, None) => Backend::Native(NativeRepo {
                 dir: PathBuf::from("."),
@@ -121,6 +132,7 @@ impl AppState {
                         |base| base.join(format!("repo-{}", repo.name)),
                     ),
                     depth: settings.git.depth,
+                    credentials: credentials_of(repo.username.as_deref(), repo.password.as_deref()),
                 });
                 let label = repo
                     .default_label

@@ -647,6 +647,8 @@ async fn applications_are_served_from_the_repository_their_pattern_names() {
             uri: users.path().display().to_string(),
             search_paths: Vec::new(),
             default_label: None,
+            username: None,
+            password: None,
         },
         rtalpha_config_server::config::PatternRepo {
             name: "staging".into(),
@@ -654,6 +656,8 @@ async fn applications_are_served_from_the_repository_their_pattern_names() {
             uri: staging.path().display().to_string(),
             search_paths: Vec::new(),
             default_label: None,
+            username: None,
+            password: None,
         },
     ];
     let server = Server::start(config).await;
@@ -706,4 +710,61 @@ async fn a_local_repository_is_watched_so_a_commit_is_served_without_waiting_for
     );
     shutdown.cancel();
     server.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_are_never_sent_in_clear_text_over_http() {
+    let root = tempfile::tempdir().expect("root");
+    let repo_dir = root.path().join("config");
+    std::fs::create_dir(&repo_dir).expect("dir");
+    git(&repo_dir, &["init", "-q", "-b", "main"]);
+    let version = commit(&repo_dir, &[("foo.yml", "over: http\n")], "initial");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/git_http.py");
+    let mut server_process = Command::new("python3")
+        .args([script, &root.path().display().to_string(), "cfg", "s3cret-token"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the git HTTP server");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = server_process.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout).read_line(&mut line).expect("the port");
+    }
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .expect("PORT n");
+    let uri = format!("http://127.0.0.1:{port}/config");
+
+    // gix will not send credentials in clear text: over http:// they are refused before
+    // anything is sent, and the server says so in /health.
+    let basedir = tempfile::tempdir().expect("basedir");
+    let mut config = git_config(&uri, &basedir.path().join("with"));
+    config.config_server.git.username = Some("cfg".to_owned());
+    config.config_server.git.password = Some("s3cret-token".to_owned());
+    let server = Server::start(config).await;
+    let (status, body) = server.get("/foo/default").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        !body.contains("/tmp") && !body.contains("s3cret"),
+        "no internals in answers: {body}"
+    );
+    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
+    let detail = health["checks"]["repository"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("clear text"), "{health}");
+    server.stop().await;
+
+    // Without credentials the server is refused by the remote itself (401).
+    let anonymous = Server::start(git_config(&uri, &basedir.path().join("anonymous"))).await;
+    assert_eq!(anonymous.get("/foo/default").await.0, 503);
+    anonymous.stop().await;
+    let _ = version;
+    drop(server_process.stdin.take());
+    let _ = server_process.wait();
 }

@@ -81,6 +81,16 @@ pub async fn with_json_body(response: Response, path: &str, request_id: &str) ->
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
+    // A handler that answers an error status with its own JSON (as `/health` does when
+    // DOWN) has said what it means.
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json && response.extensions().get::<ErrorMessage>().is_none() {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
     let message = match parts.extensions.remove::<ErrorMessage>() {
         Some(ErrorMessage(message)) => message,
