@@ -11,6 +11,7 @@
 use std::io::{BufWriter, Read, Write};
 use std::sync::{Arc, Mutex};
 
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flate2::Compression;
@@ -149,16 +150,38 @@ pub async fn respond(
     let mut response = if accepts_gzip {
         ([(CONTENT_TYPE, content_type), (CONTENT_ENCODING, "gzip")], encoded.gzip).into_response()
     } else {
-        let plain = tokio::task::spawn_blocking(move || encoded.inflate())
-            .await
-            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
-            .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
-        ([(CONTENT_TYPE, content_type)], plain).into_response()
+        ([(CONTENT_TYPE, content_type)], Body::from_stream(inflating(encoded))).into_response()
     };
     response
         .headers_mut()
         .insert(VARY, HeaderValue::from_static("accept-encoding"));
     Ok(response)
+}
+
+/// How much inflated text one chunk of a plain answer carries.
+const INFLATE_CHUNK: usize = 64 * 1024;
+
+/// The answer inflated chunk by chunk as the client reads it, so a client that does not
+/// accept gzip costs a chunk of memory, not a whole inflated copy of the registry.
+fn inflating(encoded: Encoded) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    let decoder = GzDecoder::new(std::io::Cursor::new(encoded.gzip));
+    futures_util::stream::unfold(Some(decoder), |state| async move {
+        let mut decoder = state?;
+        let mut chunk = vec![0u8; INFLATE_CHUNK];
+        let mut filled = 0;
+        while filled < INFLATE_CHUNK {
+            match decoder.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) => return Some((Err(err), None)),
+            }
+        }
+        if filled == 0 {
+            return None;
+        }
+        chunk.truncate(filled);
+        Some((Ok(Bytes::from(chunk)), Some(decoder)))
+    })
 }
 
 fn patched(instance: &Instance, renewed: u64) -> Instance {
