@@ -9,10 +9,11 @@
 # baseline right before the registry, with the same script, duration and connection
 # count. Results go to $OUT/results.jsonl and the Markdown tables to stdout.
 #
-# Knobs (environment): COUNTS ("10000 100000"), APPS (100), DURATION (10s),
-# CONNECTIONS (64), THREADS (2), WATCHERS (100), ROUNDS (200), CPUS (0,1),
-# OUT (target/bench-registry/<date>); BEFORE (an earlier run's results.jsonl) and
-# BEFORE_LABEL (its commit) add that run's figures to the tables as a "before" column.
+# Knobs (environment): SOURCE (worktree, or head: see build_binaries in lib.sh),
+# COUNTS ("10000 100000"), APPS (100), DURATION (10s), CONNECTIONS (64), THREADS (2),
+# WATCHERS (100), ROUNDS (200), CPUS (0,1), OUT (target/bench-registry/<date>);
+# BEFORE (an earlier run's results.jsonl) and BEFORE_LABEL (its commit) add that run's
+# figures to the tables as a "before" column.
 # Other servers may be running on this machine: the script checks that each port it
 # uses is free and is then held by its own process.
 set -euo pipefail
@@ -36,9 +37,6 @@ for tool in wrk curl taskset ss; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool is missing (apt-get install -y wrk curl util-linux)" >&2; exit 1; }
 done
 
-cargo build --release -p rtalpha -p rtalpha-bench
-BENCH=target/release/rtalpha-bench
-RTALPHA=target/release/rtalpha
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
 : >"$RESULTS"
@@ -47,13 +45,14 @@ RESULTS=$OUT/results.jsonl
 . bench/registry/lib.sh
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  stop_ours "${PIDS[@]}"
 }
 trap cleanup EXIT
 
 # Other builds in this target directory would steal the two cores: wait (10 min at most).
 wait_for_builds
-describe_machine | tee "$OUT/machine.txt" >&2
+build_binaries
+{ describe_machine; cat "$OUT/build.txt"; } | tee "$OUT/machine.txt" >&2
 start_disturbance_log
 
 # record INSTANCES MEASUREMENT TARGET RESULT_JSON
@@ -76,13 +75,17 @@ wrk_result() {
     -s bench/registry/load.lua "$1" -- "$2" "$3" "$4" "$APPS" "$5" | grep '^RESULT ' | cut -d' ' -f2-
 }
 
-# rss INSTANCES WHEN
+# rss INSTANCES WHEN: VmRSS now and VmHWM, the peak since the previous reading: after
+# each reading the peak is reset (`5` to /proc/PID/clear_refs, Linux 4.0 and later), so
+# that each row's peak belongs to what ran between it and the row before. Where the
+# reset is refused, the peak is the process's whole life ("hwm_reset":false).
 rss() {
-  local held kb hwm
+  local held kb hwm reset=true
   held=$(curl -fsS "$REGISTRY/v1/status" | grep -o '"instances":[0-9]*' | cut -d: -f2)
   kb=$(awk '/^VmRSS:/ {print $2}' "/proc/$REGISTRY_PID/status")
   hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$REGISTRY_PID/status")
-  record "$1" rss registry "{\"when\":\"$2\",\"instances_held\":$held,\"vm_rss_kb\":$kb,\"vm_hwm_kb\":$hwm}"
+  echo 5 2>/dev/null >"/proc/$REGISTRY_PID/clear_refs" || reset=false
+  record "$1" rss registry "{\"when\":\"$2\",\"instances_held\":$held,\"vm_rss_kb\":$kb,\"vm_hwm_kb\":$hwm,\"hwm_reset\":$reset}"
 }
 
 # first_fetch INSTANCES API PATH: the first fetch after a change encodes (asked with
@@ -126,19 +129,21 @@ for N in $COUNTS; do
 
   first_fetch "$N" native /v1/apps
   first_fetch "$N" eureka /eureka/apps
-  # Each format and encoding in turn, with the memory after each.
-  load "$N" fetch-native hello "$HELLO" fetch native plain
-  load "$N" fetch-native registry "$REGISTRY" fetch native plain
-  rss "$N" "after the native fetch run (plain)"
+  # Each format and encoding in turn, with the memory after each; the gzip runs first,
+  # so that their peaks are not raised by what the plain runs leave resident.
+  rss "$N" "after the first fetches (both encodings held)"
   load "$N" fetch-native-gzip hello "$HELLO" fetch native gzip
   load "$N" fetch-native-gzip registry "$REGISTRY" fetch native gzip
   rss "$N" "after the native fetch run (gzip)"
-  load "$N" fetch-eureka hello "$HELLO" fetch eureka plain
-  load "$N" fetch-eureka registry "$REGISTRY" fetch eureka plain
-  rss "$N" "after the Eureka JSON fetch run (plain)"
   load "$N" fetch-eureka-gzip hello "$HELLO" fetch eureka gzip
   load "$N" fetch-eureka-gzip registry "$REGISTRY" fetch eureka gzip
-  rss "$N" "after the Eureka JSON fetch run (gzip; two encodings held)"
+  rss "$N" "after the Eureka JSON fetch run (gzip)"
+  load "$N" fetch-native hello "$HELLO" fetch native plain
+  load "$N" fetch-native registry "$REGISTRY" fetch native plain
+  rss "$N" "after the native fetch run (plain)"
+  load "$N" fetch-eureka hello "$HELLO" fetch eureka plain
+  load "$N" fetch-eureka registry "$REGISTRY" fetch eureka plain
+  rss "$N" "after the Eureka JSON fetch run (plain; all fetch runs done)"
 
   record "$N" propagation registry "$(measured 1 taskset -c "$CPUS" "$BENCH" propagation --registry "$REGISTRY" --watchers "$WATCHERS" --rounds "$ROUNDS" --apps "$APPS")"
 

@@ -720,7 +720,9 @@ async fn credentials_are_never_sent_in_clear_text_over_http() {
     git(&repo_dir, &["init", "-q", "-b", "main"]);
     let version = commit(&repo_dir, &[("foo.yml", "over: http\n")], "initial");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/git_http.py");
-    let mut server_process = Command::new("python3")
+    // The compatibility venv's interpreter when set up, any python3 otherwise.
+    let python = std::env::var("RTALPHA_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let mut server_process = Command::new(python)
         .args([script, &root.path().display().to_string(), "cfg", "s3cret-token"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
