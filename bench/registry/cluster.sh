@@ -292,8 +292,8 @@ if [ "$WHAT" != partition ]; then
 fi
 if [ "$WHAT" != renewals ]; then
   echo "== (b) partition and convergence" >&2
-  record partition defaults "$(measured 2 partition defaults)"
-  record partition fast "$(measured 2 partition fast "${FAST_ENV[@]}")"
+  record partition defaults "$(measured 3 partition defaults)"
+  record partition fast "$(measured 3 partition fast "${FAST_ENV[@]}")"
 fi
 
 describe_end | tee -a "$OUT/machine.txt" >&2

@@ -3,7 +3,7 @@
 //!
 //! The probe opens one SSE stream on `/v1/watch` of every `--watch` node. Then, every
 //! `interval` for `duration`, it writes to the `--write` node on one keep-alive
-//! connection, alternately registering probe instance `lag-k` and cancelling it, without
+//! connection, alternately registering probe instance `lag-PID-k` and cancelling it, without
 //! waiting for the previous write to be seen. Each watcher's figure for a write is the
 //! time from just before the write was sent to the moment that watcher parsed the
 //! `change` event of that kind for that instance; so it includes the write's own round
@@ -101,7 +101,9 @@ pub async fn run(args: LagArgs) -> anyhow::Result<()> {
         while let Ok(event) = events.try_recv() {
             note(&mut writes, event);
         }
-        let id = format!("lag-{}", k / 2);
+        // Unique to this run: an id left registered by an earlier probe would make its
+        // registration here a renewal, which no watcher hears of.
+        let id = format!("lag-{}-{}", std::process::id(), k / 2);
         let (method, path, body, kind) = if k.is_multiple_of(2) {
             let body =
                 format!(r#"{{"instance_id":"{id}","host_name":"{id}.probe","port":8080,"lease_duration_secs":3600}}"#);
