@@ -98,7 +98,11 @@ async fn get_instance(
     State(state): State<AppState>,
     Path((app, id)): Path<(String, String)>,
 ) -> Result<Json<InstanceView>, ApiError> {
-    let app = app.to_ascii_uppercase();
+    instance_view(&state, app.to_ascii_uppercase(), id)
+}
+
+/// One instance with the index it was read at; 404 when it is not registered.
+fn instance_view(state: &AppState, app: String, id: String) -> Result<Json<InstanceView>, ApiError> {
     let view = state.table.read();
     let instance = view
         .instance(&app, &id)
@@ -177,14 +181,7 @@ async fn register(
     let instance = instance_from_registration(&app, body(payload)?)?;
     let (app, id) = (instance.app.clone(), instance.instance_id.clone());
     state.register(instance);
-    let view = state.table.read();
-    let instance = view
-        .instance(&app, &id)
-        .ok_or(TableError::UnknownInstance { app, id })?;
-    Ok(Json(InstanceView {
-        index: view.index(),
-        instance,
-    }))
+    instance_view(&state, app, id)
 }
 
 #[derive(Debug, Deserialize)]
