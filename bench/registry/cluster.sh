@@ -2,7 +2,7 @@
 # The registry cluster benchmark (bench/README.md, "Registry cluster", says what it
 # measures and why).
 #
-#   bash bench/registry/cluster.sh [all|renewals|partition]   # from the workspace root, ~6 min
+#   bash bench/registry/cluster.sh [all|renewals|partition]   # from the workspace root, ~5 min
 #
 # Three `rtalpha registry` processes on loopback, next to a bare hyper server and a
 # single registry, all on the same two cores as the load (wrk, a separate process):
@@ -23,8 +23,8 @@
 #      Once with the default cluster settings and once with anti-entropy every 1 s.
 #
 # Every node gets RTALPHA_TELEMETRY__LOG_LEVEL=warn; (b)'s second run adds FAST_ENV.
-# Knobs (environment): SOURCE (worktree, or head: see build_binaries in lib.sh),
-# N (10000), APPS (100), DURATION (20s), CONNECTIONS (63), CPUS (0,1),
+# Knobs (environment): SOURCE (worktree, head or a commit: build_binaries in lib.sh),
+# N (10000), APPS (100), DURATION (20s, in s), CONNECTIONS (63), CPUS (0,1),
 # PARTITION_SECS (30), OUT (target/bench-registry/cluster-<date>).
 set -euo pipefail
 

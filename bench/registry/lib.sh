@@ -73,11 +73,11 @@ measured() {
 # build_binaries: `cargo build --release -p rtalpha -p rtalpha-bench`, then copies the
 # two binaries to $OUT/bin and points RTALPHA and BENCH at the copies, so that another
 # agent's build replacing target/release during the run cannot change the binary under
-# test. SOURCE=worktree (the default) builds this working tree as it is. SOURCE=head
-# builds the committed HEAD instead (crates and manifests as committed, bench/ as in the
-# working tree), exported to target/bench-head/src with its own target directory, so
-# that others' uncommitted work in crates/ is not what gets measured. Says what it
-# built in $OUT/build.txt.
+# test. SOURCE=worktree (the default) builds this working tree as it is. SOURCE=head (or
+# any commit) builds that commit instead (crates and manifests as committed, bench/ as in
+# the working tree), exported to target/bench-head/src with its own target directory, so
+# that others' uncommitted work in crates/ is not what gets measured and a run can be
+# repeated on the same code. Says what it built in $OUT/build.txt.
 build_binaries() {
   local built=target/release
   mkdir -p "$OUT/bin"
@@ -86,19 +86,19 @@ build_binaries() {
       cargo build --release -p rtalpha -p rtalpha-bench
       echo "built from: the working tree at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo ' with uncommitted changes in crates/ or the manifests'): $(git status --short -- crates Cargo.toml Cargo.lock | paste -sd' ')" >"$OUT/build.txt"
       ;;
-    head)
-      local commit src=target/bench-head/src
-      commit=$(git rev-parse --short HEAD)
+    *)
+      local commit src=target/bench-head/src rev=$SOURCE
+      [ "$rev" = head ] && rev=HEAD
+      commit=$(git rev-parse --short "${rev}^{commit}") || { echo "bench: SOURCE is worktree, head or a commit" >&2; return 1; }
       rm -rf "$src"
       mkdir -p "$src"
-      git archive --format=tar HEAD | tar -x -C "$src"
+      git archive --format=tar "$commit" | tar -x -C "$src"
       rm -rf "$src/bench"
       cp -r bench "$src/bench"
       (cd "$src" && CARGO_TARGET_DIR=../target cargo build --release -p rtalpha -p rtalpha-bench)
       built=target/bench-head/target/release
-      echo "built from: HEAD $commit as committed (crates/, Cargo.toml, Cargo.lock), with bench/ of the working tree" >"$OUT/build.txt"
+      echo "built from: $SOURCE = $commit as committed (crates/, Cargo.toml, Cargo.lock), with bench/ of the working tree" >"$OUT/build.txt"
       ;;
-    *) echo "bench: SOURCE is worktree or head" >&2; return 1 ;;
   esac
   cp "$built/rtalpha" "$built/rtalpha-bench" "$OUT/bin/"
   RTALPHA=$OUT/bin/rtalpha

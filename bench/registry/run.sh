@@ -9,7 +9,7 @@
 # baseline right before the registry, with the same script, duration and connection
 # count. Results go to $OUT/results.jsonl and the Markdown tables to stdout.
 #
-# Knobs (environment): SOURCE (worktree, or head: see build_binaries in lib.sh),
+# Knobs (environment): SOURCE (worktree, head or a commit: build_binaries in lib.sh),
 # COUNTS ("10000 100000"), APPS (100), DURATION (10s), CONNECTIONS (64), THREADS (2),
 # WATCHERS (100), ROUNDS (200), CPUS (0,1), OUT (target/bench-registry/<date>);
 # BEFORE (an earlier run's results.jsonl) and BEFORE_LABEL (its commit) add that run's
@@ -64,8 +64,9 @@ record() {
 # load INSTANCES MEASUREMENT TARGET URL ACTION API [ENCODING]
 load() {
   local tries=3
-  # Registering again would grow the table further: one try only.
-  [ "$5" = register ] && tries=1
+  # Registering again would grow the registry's table further: one try only there (the
+  # baseline holds nothing and may try again).
+  [ "$5" = register ] && [ "$3" = registry ] && tries=1
   record "$1" "$2" "$3" "$(measured "$tries" wrk_result "$4" "$5" "$6" "$1" "${7:-plain}")"
 }
 
