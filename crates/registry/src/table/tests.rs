@@ -268,11 +268,8 @@ async fn deltas_need_a_resync_once_changes_are_pruned() {
 
 #[tokio::test(start_paused = true)]
 async fn self_preservation_spares_leases_when_most_renewals_stop() {
-    let table = table(SelfPreservationSettings::default());
+    let table = table_with_instances(SelfPreservationSettings::default());
     let ids: Vec<String> = (0..10).map(|n| format!("i{n}")).collect();
-    for id in &ids {
-        table.register(instance("ORDERS", id)).unwrap();
-    }
     let all: Vec<(&str, &str)> = ids.iter().map(|id| ("ORDERS", id.as_str())).collect();
     run_for(&table, 120, &all).await;
     assert!(
@@ -295,11 +292,8 @@ async fn self_preservation_spares_leases_when_most_renewals_stop() {
 
 #[tokio::test(start_paused = true)]
 async fn a_few_dead_instances_are_evicted_and_the_expected_rate_follows() {
-    let table = table(SelfPreservationSettings::default());
+    let table = table_with_instances(SelfPreservationSettings::default());
     let ids: Vec<String> = (0..10).map(|n| format!("i{n}")).collect();
-    for id in &ids {
-        table.register(instance("ORDERS", id)).unwrap();
-    }
     let all: Vec<(&str, &str)> = ids.iter().map(|id| ("ORDERS", id.as_str())).collect();
     run_for(&table, 120, &all).await;
     let before = table.judge_self_preservation().expected_renewals;
