@@ -108,6 +108,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, born: u64, generation: &AtomicU6
         }
         match from.read(&mut buffer) {
             Ok(0) => break,
+            // Bytes read across a mode change belong to the new mode: a
+            // request sent on a pooled connection just after the change must
+            // not slip through, so it is dropped with the connection.
+            Ok(_) if generation.load(Ordering::SeqCst) != born => break,
             Ok(n) => {
                 if to.write_all(&buffer[..n]).is_err() {
                     break;
