@@ -142,6 +142,12 @@ pub struct Delta {
     pub resync_required: bool,
     /// The changes after `since`, oldest first.
     pub changes: Vec<Change>,
+    /// The reconcile hash of the whole registry now, in Eureka's form
+    /// (`DOWN_1_UP_3_`, effective statuses counted): a client that applied the
+    /// changes compares it with its own view's and fetches everything when they
+    /// differ.
+    #[serde(default)]
+    pub apps_hash: String,
 }
 
 /// The self-preservation state: whether eviction is suspended because renewals fell

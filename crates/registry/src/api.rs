@@ -277,18 +277,21 @@ async fn delta(
             "query parameter `since`: {since} is ahead of the registry's index {index}"
         )));
     }
+    let apps_hash = rtalpha_proto::eureka::reconcile_hash_code(view.statuses());
     let delta = match view.changes_since(since) {
         Some(changes) => Delta {
             index,
             since,
             resync_required: false,
             changes: changes.iter().map(|change| change.as_ref().clone()).collect(),
+            apps_hash,
         },
         None => Delta {
             index,
             since,
             resync_required: true,
             changes: Vec::new(),
+            apps_hash,
         },
     };
     Ok(Json(delta))
