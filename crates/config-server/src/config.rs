@@ -1,7 +1,7 @@
 //! The config server's typed configuration (every key in docs/config.md).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rtalpha_runtime::config::Validate;
@@ -105,10 +105,22 @@ pub struct GitSettings {
     pub username: Option<String>,
     /// The password, or an access token, for an `http(s)://` remote.
     pub password: Option<String>,
+    /// PEM certificates an `https://` remote's certificate must chain to, instead of the
+    /// system's roots (as git's `http.sslCAInfo`); for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// The private key for an `ssh://` remote (only this key is offered).
+    pub private_key_file: Option<PathBuf>,
+    /// The known hosts file for an `ssh://` remote (ssh's own files when unset).
+    pub known_hosts_file: Option<PathBuf>,
+    /// Refuse an ssh server whose host key is not known; `false` accepts any.
+    pub strict_host_key_checking: bool,
 }
 
 /// A repository for the applications whose name (or `name/profile`) matches a pattern.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its trust settings (`ca_file`, `known_hosts_file`, `strict_host_key_checking`) default to
+/// the main repository's; its identity (`username`, `password`, `private_key_file`) does not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatternRepo {
     /// A name for logs and `/health`.
@@ -130,6 +142,18 @@ pub struct PatternRepo {
     /// Its password or token for `http(s)://`.
     #[serde(default)]
     pub password: Option<String>,
+    /// Its CA certificates for `https://` (the main repository's when unset).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Its private key for `ssh://`.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// Its known hosts file for `ssh://` (the main repository's when unset).
+    #[serde(default)]
+    pub known_hosts_file: Option<PathBuf>,
+    /// Its host key checking (the main repository's when unset).
+    #[serde(default)]
+    pub strict_host_key_checking: Option<bool>,
 }
 
 impl Default for GitSettings {
@@ -147,6 +171,10 @@ impl Default for GitSettings {
             repos: Vec::new(),
             username: None,
             password: None,
+            ca_file: None,
+            private_key_file: None,
+            known_hosts_file: None,
+            strict_host_key_checking: true,
         }
     }
 }
@@ -195,6 +223,12 @@ impl Validate for Config {
                 return Err(ConfigError::invalid(key, "must be longer than zero"));
             }
         }
+        validate_access_files(
+            "config_server.git",
+            settings.git.ca_file.as_deref(),
+            settings.git.private_key_file.as_deref(),
+            settings.git.known_hosts_file.as_deref(),
+        )?;
         for (position, repo) in settings.git.repos.iter().enumerate() {
             if repo.pattern.is_empty() || repo.pattern.iter().any(|p| p.trim().is_empty()) {
                 return Err(ConfigError::invalid(
@@ -202,6 +236,12 @@ impl Validate for Config {
                     "needs at least one non-empty pattern",
                 ));
             }
+            validate_access_files(
+                &format!("config_server.git.repos[{position}]"),
+                repo.ca_file.as_deref(),
+                repo.private_key_file.as_deref(),
+                repo.known_hosts_file.as_deref(),
+            )?;
         }
         if settings.git.default_label.trim().is_empty() {
             return Err(ConfigError::invalid(
@@ -227,5 +267,80 @@ impl Validate for Config {
             return Err(ConfigError::invalid("encrypt.salt", "must be hex"));
         }
         Ok(())
+    }
+}
+
+/// The files that say how a remote is reached must exist, and a CA file must hold
+/// certificates: a typo here would otherwise surface only as a failed fetch.
+fn validate_access_files(
+    prefix: &str,
+    ca_file: Option<&Path>,
+    private_key_file: Option<&Path>,
+    known_hosts_file: Option<&Path>,
+) -> Result<(), ConfigError> {
+    if let Some(path) = ca_file {
+        crate::repo::read_certificates(path)
+            .map_err(|err| ConfigError::invalid(format!("{prefix}.ca_file"), err.to_string()))?;
+    }
+    for (name, path) in [
+        ("private_key_file", private_key_file),
+        ("known_hosts_file", known_hosts_file),
+    ] {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            return Err(ConfigError::invalid(
+                format!("{prefix}.{name}"),
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(config: &Config) -> String {
+        match config.validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("an invalid key, not {other:?}"),
+        }
+    }
+
+    fn git(uri: &str) -> Config {
+        let mut config = Config::default();
+        config.config_server.git.uri = Some(uri.to_owned());
+        config
+    }
+
+    #[test]
+    fn access_files_must_exist_and_a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "no certificate here\n").unwrap();
+        let missing = dir.path().join("missing");
+
+        let mut config = git("https://git.example/config");
+        config.config_server.git.ca_file = Some(not_pem.clone());
+        assert_eq!(key_of(&config), "config_server.git.ca_file");
+        config.config_server.git.ca_file = Some(missing.clone());
+        assert_eq!(key_of(&config), "config_server.git.ca_file");
+
+        let mut config = git("ssh://git@git.example/config");
+        config.config_server.git.known_hosts_file = Some(missing.clone());
+        assert_eq!(key_of(&config), "config_server.git.known_hosts_file");
+        config.config_server.git.known_hosts_file = Some(not_pem.clone());
+        config.config_server.git.repos = vec![PatternRepo {
+            name: "users".into(),
+            pattern: vec!["user-*".into()],
+            uri: "ssh://git@git.example/users".into(),
+            private_key_file: Some(missing),
+            ..Default::default()
+        }];
+        assert_eq!(key_of(&config), "config_server.git.repos[0].private_key_file");
+        config.config_server.git.repos[0].private_key_file = Some(not_pem);
+        config.validate().unwrap();
     }
 }

@@ -4,11 +4,19 @@
 //! A git repository is cloned once (bare) into `basedir` and then only fetched; trees
 //! are read from the local object database. Fetching is the only step that touches the
 //! network, and it never runs on the request path.
+//!
+//! How the remote is reached is [`RemoteAccess`]: credentials for `https://`, the
+//! certificates to trust instead of the system's (gix's reqwest transport ignores
+//! `http.sslCAInfo`, so they go to the HTTP client directly), and for `ssh://` the key and
+//! known hosts handed to the system's `ssh` through `core.sshCommand`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use gix::protocol::transport::client::blocking_io::http as gix_http;
 
 /// Branches land under `refs/remotes/origin/`, tags under `refs/tags/`, both forced:
 /// the clone mirrors the remote, including rewritten history.
@@ -107,8 +115,90 @@ pub struct GitRepo {
     pub dir: PathBuf,
     /// Fetch only this many commits (`None`: everything).
     pub depth: Option<u32>,
+    /// Credentials, trust and ssh options for the remote.
+    pub access: RemoteAccess,
+}
+
+/// How the remote is reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteAccess {
     /// HTTP credentials (a token goes in the password).
     pub credentials: Option<Credentials>,
+    /// PEM certificates that an `https://` remote's certificate must chain to, instead of
+    /// the system's roots (git's `http.sslCAInfo`). Read at every clone and fetch, so a
+    /// renewed file is picked up.
+    pub ca_file: Option<PathBuf>,
+    /// Options for the system's `ssh` on `ssh://` (and `user@host:path`) remotes.
+    pub ssh: SshOptions,
+}
+
+/// What the system's `ssh` is told, in the spirit of Spring Cloud Config's ssh keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshOptions {
+    /// The private key to authenticate with (and only it); unset, ssh's own choice.
+    pub private_key_file: Option<PathBuf>,
+    /// The known hosts to check the server's key against; unset, ssh's own files.
+    pub known_hosts_file: Option<PathBuf>,
+    /// Refuse a server whose key is not known (`true`), or accept any key (`false`).
+    pub strict_host_key_checking: bool,
+    /// How long ssh may take to connect.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            private_key_file: None,
+            known_hosts_file: None,
+            strict_host_key_checking: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SshOptions {
+    /// The command gix runs for ssh remotes (through `sh`, as git runs `core.sshCommand`;
+    /// gix appends the port, the host and the remote command). Batch mode: a server
+    /// process has no one to answer a prompt, so a missing key or an unknown host fails at
+    /// once instead of hanging.
+    pub fn command(&self) -> String {
+        let mut command = vec![
+            "ssh".to_owned(),
+            "-o".to_owned(),
+            "BatchMode=yes".to_owned(),
+            "-o".to_owned(),
+            format!("ConnectTimeout={}", self.connect_timeout.as_secs().max(1)),
+        ];
+        if let Some(key) = &self.private_key_file {
+            command.extend(["-o".to_owned(), "IdentitiesOnly=yes".to_owned(), "-i".to_owned()]);
+            command.push(shell_quote(&key.display().to_string()));
+        }
+        let known_hosts = match (&self.known_hosts_file, self.strict_host_key_checking) {
+            (Some(file), _) => Some(shell_quote(&file.display().to_string())),
+            // Accepting any key must not write to the user's own known hosts either.
+            (None, false) => Some("/dev/null".to_owned()),
+            (None, true) => None,
+        };
+        if let Some(known_hosts) = known_hosts {
+            command.extend(["-o".to_owned(), format!("UserKnownHostsFile={known_hosts}")]);
+        }
+        let strict = if self.strict_host_key_checking { "yes" } else { "no" };
+        command.extend(["-o".to_owned(), format!("StrictHostKeyChecking={strict}")]);
+        command.join(" ")
+    }
+
+    /// Configuration overrides that make gix run [`Self::command`] as OpenSSH.
+    fn config_overrides(&self) -> [String; 2] {
+        [
+            format!("core.sshCommand={}", self.command()),
+            "ssh.variant=ssh".to_owned(),
+        ]
+    }
+}
+
+/// Quotes a word for `sh`: single quotes, with embedded ones closed, escaped and reopened.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', "'\\''"))
 }
 
 /// A user name and password (or token) for an `http(s)://` remote.
@@ -145,6 +235,44 @@ fn helper(
     }
 }
 
+/// The certificates of a CA file, for reqwest.
+pub(crate) fn read_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, RepoError> {
+    let pem =
+        std::fs::read(path).map_err(|err| unavailable(&format!("reading the CA file {}", path.display()), err))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|err| unavailable(&format!("reading the CA file {}", path.display()), err))?;
+    if certificates.is_empty() {
+        return Err(RepoError::Unavailable(format!(
+            "the CA file {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
+}
+
+/// HTTP transport options that trust exactly `certificates`: gix's own options for the
+/// URL (proxy, user agent, … from git configuration), with a reqwest client configured to
+/// know no other roots. Verification stays on.
+fn trusting(
+    repo: &gix::Repository,
+    url: &str,
+    certificates: Vec<reqwest::Certificate>,
+) -> Result<Box<dyn std::any::Any>, RepoError> {
+    let mut options = repo
+        .transport_options(url, None)
+        .map_err(|err| unavailable("reading the HTTP transport options", err))?
+        .and_then(|options| options.downcast::<gix_http::Options>().ok())
+        .map_or_else(gix_http::Options::default, |options| *options);
+    let backend = gix_http::reqwest::Options {
+        configure_client: Some(Box::new(
+            move |builder| Ok(builder.tls_certs_only(certificates.clone())),
+        )),
+        configure_request: None,
+    };
+    options.backend = Some(Arc::new(std::sync::Mutex::new(backend)));
+    Ok(Box::new(options))
+}
+
 impl GitRepo {
     fn url(&self) -> String {
         let looks_like_url = self.uri.contains("://") || self.uri.starts_with("git@");
@@ -163,6 +291,22 @@ impl GitRepo {
         gix::open(&self.dir).is_ok()
     }
 
+    /// How the clone is opened: fully trusted (it is ours), with the installation's git
+    /// configuration as `gix::prepare_clone_bare` reads it, and the ssh command on top.
+    fn open_options(&self) -> gix::open::Options {
+        let mut options = gix::open::Options::default_for_level(gix::sec::Trust::Full);
+        options.permissions.config.git_binary = true;
+        options.config_overrides(self.access.ssh.config_overrides())
+    }
+
+    /// The certificates to trust, when a CA file is configured for an `https://` remote.
+    fn certificates(&self) -> Result<Option<Vec<reqwest::Certificate>>, RepoError> {
+        match &self.access.ca_file {
+            Some(path) if self.uri.starts_with("https://") => read_certificates(path).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Clones if there is no local clone yet, fetches otherwise. Blocking: run it off
     /// the async runtime. `interrupt` stops it early.
     pub fn sync(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
@@ -173,15 +317,31 @@ impl GitRepo {
             std::fs::remove_dir_all(&self.dir).map_err(|err| unavailable("clearing a broken clone", err))?;
         }
         std::fs::create_dir_all(&self.dir).map_err(|err| unavailable("creating the clone directory", err))?;
-        let mut prepare =
-            gix::prepare_clone_bare(self.url().as_str(), &self.dir).map_err(|err| unavailable("cloning", err))?;
+        let certificates = self.certificates()?;
+        let url = self.url();
+        let mut prepare = gix::clone::PrepareFetch::new(
+            url.as_str(),
+            &self.dir,
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            self.open_options(),
+        )
+        .map_err(|err| unavailable("cloning", err))?;
         if let Some(depth) = self.depth.and_then(std::num::NonZeroU32::new) {
             prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(depth));
         }
         prepare = prepare.configure_remote(|remote| remote.with_refspecs(REFSPECS, gix::remote::Direction::Fetch));
-        if let Some(credentials) = self.credentials.clone() {
+        let credentials = self.access.credentials.clone();
+        if credentials.is_some() || certificates.is_some() {
             prepare = prepare.configure_connection(move |connection| {
-                connection.set_credentials(helper(credentials.clone()));
+                if let Some(credentials) = credentials.clone() {
+                    connection.set_credentials(helper(credentials));
+                }
+                if let Some(certificates) = certificates.clone() {
+                    let options = trusting(connection.remote().repo(), &url, certificates)
+                        .map_err(|err| gix::Error::from_error(err))?;
+                    connection.set_transport_options(options);
+                }
                 Ok(())
             });
         }
@@ -192,7 +352,9 @@ impl GitRepo {
     }
 
     fn fetch(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
-        let repo = gix::open(&self.dir).map_err(|err| unavailable("opening the clone", err))?;
+        let certificates = self.certificates()?;
+        let repo =
+            gix::open_opts(&self.dir, self.open_options()).map_err(|err| unavailable("opening the clone", err))?;
         let remote = repo
             .find_default_remote(gix::remote::Direction::Fetch)
             .ok_or_else(|| RepoError::Unavailable("the clone has no remote".to_owned()))?
@@ -202,8 +364,11 @@ impl GitRepo {
         let mut connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|err| unavailable(&format!("connecting to {}", self.uri), err))?;
-        if let Some(credentials) = self.credentials.clone() {
+        if let Some(credentials) = self.access.credentials.clone() {
             connection.set_credentials(helper(credentials));
+        }
+        if let Some(certificates) = certificates {
+            connection.set_transport_options(trusting(&repo, &self.url(), certificates)?);
         }
         let mut prepare = connection
             .prepare_fetch(gix::progress::Discard, Default::default())
@@ -311,7 +476,7 @@ mod tests {
             uri: origin.path().display().to_string(),
             dir: clone.path().join("repo"),
             depth: None,
-            credentials: None,
+            access: RemoteAccess::default(),
         };
         let never = AtomicBool::new(false);
         repo.sync(&never).unwrap();
@@ -337,6 +502,35 @@ mod tests {
         let tree = repo.tree("main").unwrap();
         assert_ne!(tree.version.as_deref(), Some(first.as_str()));
         assert_eq!(tree.files["application.yml"].as_slice(), b"a: 2\n");
+    }
+
+    #[test]
+    fn the_ssh_command_names_the_key_and_known_hosts_quoted_for_the_shell() {
+        let options = SshOptions {
+            private_key_file: Some(PathBuf::from("/keys/it's here/id")),
+            known_hosts_file: Some(PathBuf::from("/keys/known_hosts")),
+            strict_host_key_checking: true,
+            connect_timeout: Duration::from_millis(2500),
+        };
+        assert_eq!(
+            options.command(),
+            "ssh -o BatchMode=yes -o ConnectTimeout=2 -o IdentitiesOnly=yes -i '/keys/it'\\''s here/id' \
+             -o UserKnownHostsFile='/keys/known_hosts' -o StrictHostKeyChecking=yes"
+        );
+        let lenient = SshOptions {
+            strict_host_key_checking: false,
+            ..SshOptions::default()
+        };
+        assert_eq!(
+            lenient.command(),
+            "ssh -o BatchMode=yes -o ConnectTimeout=10 -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no",
+            "accepting any host key writes to no known hosts file"
+        );
+        let quoted = Command::new("sh")
+            .args(["-c", &format!("printf %s {}", shell_quote("a 'b' $c"))])
+            .output()
+            .expect("sh runs");
+        assert_eq!(String::from_utf8_lossy(&quoted.stdout), "a 'b' $c");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::cipher::Cipher;
 use crate::config::Config;
 use crate::environment::{self, Snapshot};
 use crate::monitor;
-use crate::repo::{Credentials, GitRepo, NativeRepo, RepoError};
+use crate::repo::{Credentials, GitRepo, NativeRepo, RemoteAccess, RepoError, SshOptions};
 use crate::store::{Backend, Store, destinations};
 
 /// What the handlers share, behind one `Arc`.
@@ -108,7 +108,16 @@ impl AppState {
                 uri: uri.clone(),
                 dir: settings.git.basedir.clone().unwrap_or_else(|| default_basedir(uri)),
                 depth: settings.git.depth,
-                credentials: credentials_of(settings.git.username.as_deref(), settings.git.password.as_deref()),
+                access: RemoteAccess {
+                    credentials: credentials_of(settings.git.username.as_deref(), settings.git.password.as_deref()),
+                    ca_file: settings.git.ca_file.clone(),
+                    ssh: SshOptions {
+                        private_key_file: settings.git.private_key_file.clone(),
+                        known_hosts_file: settings.git.known_hosts_file.clone(),
+                        strict_host_key_checking: settings.git.strict_host_key_checking,
+                        connect_timeout: settings.git.timeout,
+                    },
+                },
             }),
             (None, None) => Backend::Native(NativeRepo {
                 dir: PathBuf::from("."),
@@ -132,7 +141,22 @@ impl AppState {
                         |base| base.join(format!("repo-{}", repo.name)),
                     ),
                     depth: settings.git.depth,
-                    credentials: credentials_of(repo.username.as_deref(), repo.password.as_deref()),
+                    access: RemoteAccess {
+                        credentials: credentials_of(repo.username.as_deref(), repo.password.as_deref()),
+                        // Trust is the organisation's and carries over; identity does not.
+                        ca_file: repo.ca_file.clone().or_else(|| settings.git.ca_file.clone()),
+                        ssh: SshOptions {
+                            private_key_file: repo.private_key_file.clone(),
+                            known_hosts_file: repo
+                                .known_hosts_file
+                                .clone()
+                                .or_else(|| settings.git.known_hosts_file.clone()),
+                            strict_host_key_checking: repo
+                                .strict_host_key_checking
+                                .unwrap_or(settings.git.strict_host_key_checking),
+                            connect_timeout: settings.git.timeout,
+                        },
+                    },
                 });
                 let label = repo
                     .default_label

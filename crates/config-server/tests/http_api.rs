@@ -1,122 +1,19 @@
 //! The config server over HTTP against real git repositories made with the git command
-//! line: local paths, `file://` and `git://` (a real `git daemon`) remotes.
+//! line: local paths, `file://` and `git://` (a real `git daemon`) remotes. The https and
+//! ssh transports are in git_transports.rs.
+
+#[path = "support/harness.rs"]
+mod harness;
 
 use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use harness::{Server, commit, eventually, git, git_config, repository};
 use rtalpha_config_server::Config;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A repository with files committed on `main`.
-fn repository(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    git(dir.path(), &["init", "-q", "-b", "main"]);
-    commit(dir.path(), files, "initial");
-    dir
-}
-
-fn commit(dir: &Path, files: &[(&str, &str)], message: &str) -> String {
-    for (path, text) in files {
-        let full = dir.join(path);
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent).expect("dirs");
-        }
-        std::fs::write(full, text).expect("write");
-    }
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "-q", "--allow-empty", "-m", message]);
-    git(dir, &["rev-parse", "HEAD"])
-}
-
-struct Server {
-    base: String,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Server {
-    async fn start(config: Config) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(rtalpha_config_server::run(config, listener, shutdown.clone()));
-        Server { base, shutdown, task }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-        let mut request = http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base));
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let request = request
-            .body(Full::new(bytes::Bytes::from(body.to_owned())))
-            .expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
-            .await
-            .expect("answer in time")
-            .expect("answer");
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        self.call("GET", path, "", &[]).await
-    }
-
-    async fn json(&self, path: &str) -> Value {
-        let (status, body) = self.get(path).await;
-        assert_eq!(status, 200, "{path}: {body}");
-        serde_json::from_str(&body).expect("json")
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("stops")
-            .expect("no panic");
-        result.expect("clean stop");
-    }
-}
-
-fn git_config(uri: &str, basedir: &Path) -> Config {
-    let mut config = Config::default();
-    config.config_server.git.uri = Some(uri.to_owned());
-    config.config_server.git.basedir = Some(basedir.to_path_buf());
-    config.config_server.git.refresh_rate = Duration::from_millis(200);
-    config.config_server.git.search_paths = vec!["{application}".to_owned()];
-    config.server.shutdown_grace = Duration::from_secs(2);
-    config
-}
 
 fn sources(environment: &Value) -> Vec<String> {
     environment["propertySources"]
@@ -302,19 +199,6 @@ async fn basic_auth_guards_config_but_not_health() {
     );
     assert_eq!(server.get("/health").await.0, 200);
     server.stop().await;
-}
-
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -647,8 +531,7 @@ async fn applications_are_served_from_the_repository_their_pattern_names() {
             uri: users.path().display().to_string(),
             search_paths: Vec::new(),
             default_label: None,
-            username: None,
-            password: None,
+            ..Default::default()
         },
         rtalpha_config_server::config::PatternRepo {
             name: "staging".into(),
@@ -656,8 +539,7 @@ async fn applications_are_served_from_the_repository_their_pattern_names() {
             uri: staging.path().display().to_string(),
             search_paths: Vec::new(),
             default_label: None,
-            username: None,
-            password: None,
+            ..Default::default()
         },
     ];
     let server = Server::start(config).await;
@@ -710,63 +592,4 @@ async fn a_local_repository_is_watched_so_a_commit_is_served_without_waiting_for
     );
     shutdown.cancel();
     server.stop().await;
-}
-
-#[tokio::test]
-async fn credentials_are_never_sent_in_clear_text_over_http() {
-    let root = tempfile::tempdir().expect("root");
-    let repo_dir = root.path().join("config");
-    std::fs::create_dir(&repo_dir).expect("dir");
-    git(&repo_dir, &["init", "-q", "-b", "main"]);
-    let version = commit(&repo_dir, &[("foo.yml", "over: http\n")], "initial");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/git_http.py");
-    // The compatibility venv's interpreter when set up, any python3 otherwise.
-    let python = std::env::var("RTALPHA_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-    let mut server_process = Command::new(python)
-        .args([script, &root.path().display().to_string(), "cfg", "s3cret-token"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the git HTTP server");
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let stdout = server_process.stdout.take().expect("stdout");
-        std::io::BufReader::new(stdout).read_line(&mut line).expect("the port");
-    }
-    let port: u16 = line
-        .trim()
-        .strip_prefix("PORT ")
-        .and_then(|p| p.parse().ok())
-        .expect("PORT n");
-    let uri = format!("http://127.0.0.1:{port}/config");
-
-    // gix will not send credentials in clear text: over http:// they are refused before
-    // anything is sent, and the server says so in /health.
-    let basedir = tempfile::tempdir().expect("basedir");
-    let mut config = git_config(&uri, &basedir.path().join("with"));
-    config.config_server.git.username = Some("cfg".to_owned());
-    config.config_server.git.password = Some("s3cret-token".to_owned());
-    let server = Server::start(config).await;
-    let (status, body) = server.get("/foo/default").await;
-    assert_eq!(status, 503, "{body}");
-    assert!(
-        !body.contains("/tmp") && !body.contains("s3cret"),
-        "no internals in answers: {body}"
-    );
-    let health: Value = serde_json::from_str(&server.get("/health").await.1).expect("json");
-    let detail = health["checks"]["repository"]["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(detail.contains("clear text"), "{health}");
-    server.stop().await;
-
-    // Without credentials the server is refused by the remote itself (401).
-    let anonymous = Server::start(git_config(&uri, &basedir.path().join("anonymous"))).await;
-    assert_eq!(anonymous.get("/foo/default").await.0, 503);
-    anonymous.stop().await;
-    let _ = version;
-    drop(server_process.stdin.take());
-    let _ = server_process.wait();
 }

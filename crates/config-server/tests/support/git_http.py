@@ -1,18 +1,21 @@
 """A smart-HTTP git server for tests: `git http-backend` behind HTTP Basic authentication.
 
-    python3 git_http.py ROOT USER PASSWORD     # prints "PORT <n>" once it listens
+    python3 git_http.py ROOT USER PASSWORD [CERT KEY]   # prints "PORT <n>" once it listens
 
-Serves every repository under ROOT at http://127.0.0.1:<n>/<name>. Bound to loopback only,
-and it stops when its standard input closes.
+Serves every repository under ROOT at http://127.0.0.1:<n>/<name>, or over TLS with the PEM
+certificate chain CERT and its key KEY at https://127.0.0.1:<n>/<name>. Bound to loopback
+only, and it stops when its standard input closes.
 """
 import base64
 import os
+import ssl
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT, USER, PASSWORD = sys.argv[1], sys.argv[2], sys.argv[3]
+TLS = sys.argv[4:6] if len(sys.argv) >= 6 else None
 EXPECTED = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
@@ -80,7 +83,27 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class TlsServer(ThreadingHTTPServer):
+    """Handshakes in each request's thread, so a client that stalls it blocks no other."""
+
+    def get_request(self):
+        sock, address = super().get_request()
+        return CONTEXT.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    def finish_request(self, request, client_address):
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError):
+            return  # a client that does not trust the certificate hangs up; not an error here
+        super().finish_request(request, client_address)
+
+
+if TLS:
+    CONTEXT = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    CONTEXT.load_cert_chain(TLS[0], TLS[1])
+    server = TlsServer(("127.0.0.1", 0), Handler)
+else:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 print(f"PORT {server.server_address[1]}", flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 sys.stdin.read()
