@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use rtalpha_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome};
+use rtalpha_resilience::breaker::{BreakerConfig, CircuitBreaker, Outcome, WindowKind};
 
 fn breaker() -> CircuitBreaker {
     CircuitBreaker::new("bench", BreakerConfig::default())
@@ -83,16 +83,25 @@ fn closed_path(c: &mut Criterion) {
         b.iter(|| *counter.lock().expect("lock") += black_box(1))
     });
     for threads in [1, 2] {
-        let name = format!("acquire_and_record_{threads}_threads");
-        group.bench_function(&name, |b| {
-            let breaker = breaker();
-            b.iter_custom(|iters| {
-                let breaker = breaker.clone();
-                concurrent(threads, iters, move || {
-                    breaker.try_acquire().expect("closed").record(Outcome::Success)
+        for (kind, window) in [("count", WindowKind::Count), ("time", WindowKind::Time)] {
+            let name = format!("acquire_and_record_{kind}_window_{threads}_threads");
+            group.bench_function(&name, |b| {
+                let breaker = CircuitBreaker::new(
+                    "bench",
+                    BreakerConfig {
+                        window,
+                        window_size: if window == WindowKind::Time { 10 } else { 100 },
+                        ..BreakerConfig::default()
+                    },
+                );
+                b.iter_custom(|iters| {
+                    let breaker = breaker.clone();
+                    concurrent(threads, iters, move || {
+                        breaker.try_acquire().expect("closed").record(Outcome::Success)
+                    })
                 })
-            })
-        });
+            });
+        }
         let name = format!("baseline_mutex_counter_{threads}_threads");
         group.bench_function(&name, |b| {
             let counter = Arc::new(Mutex::new(0u64));

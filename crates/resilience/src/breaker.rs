@@ -288,7 +288,6 @@ struct Inner {
 
 #[derive(Debug)]
 struct BreakerMetrics {
-    success: metrics::Counter,
     failure: metrics::Counter,
     slow: metrics::Counter,
     ignored: metrics::Counter,
@@ -300,7 +299,6 @@ impl BreakerMetrics {
     fn new(name: &Arc<str>) -> BreakerMetrics {
         let calls = |outcome: &'static str| metrics::counter!("rtalpha_breaker_calls_total", "breaker" => name.to_string(), "outcome" => outcome);
         BreakerMetrics {
-            success: calls("success"),
             failure: calls("failure"),
             slow: calls("slow"),
             ignored: calls("ignored"),
@@ -548,11 +546,14 @@ impl Inner {
 
     fn record(&self, admission: &Admission, outcome: Outcome, now: Instant) {
         let slow = now.saturating_duration_since(admission.started) >= self.config.slow_call_duration;
+        // Plain successes are not counted here: a shared counter bumped on
+        // every call would make concurrent callers contend for its cache
+        // line, and the callers' own request metrics count calls anyway.
         match (outcome, slow) {
             (Outcome::Ignored, _) => self.metrics.ignored.increment(1),
             (Outcome::Failure, _) => self.metrics.failure.increment(1),
             (Outcome::Success, true) => self.metrics.slow.increment(1),
-            (Outcome::Success, false) => self.metrics.success.increment(1),
+            (Outcome::Success, false) => {}
         }
         let word = admission.word;
         if self.word.load(Ordering::Acquire) != word {

@@ -89,9 +89,28 @@ fn adjust(counter: &AtomicU32, was: bool, is: bool) {
 }
 
 /// The outcomes of the last N seconds, a bucket a second.
+///
+/// Counts by second add up whichever thread recorded them, so the window is
+/// kept in shards, one per group of threads, each on its own cache lines:
+/// concurrent callers do not contend, and the totals are the same sums.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
+    shards: Box<[Shard]>,
+}
+
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
     buckets: Box<[Bucket]>,
+}
+
+const SHARDS: usize = 8;
+
+thread_local! {
+    static SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        (NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS as u64) as usize
+    };
 }
 
 #[derive(Debug)]
@@ -105,7 +124,7 @@ struct Bucket {
 
 impl TimeWindow {
     pub fn new(seconds: u32) -> TimeWindow {
-        TimeWindow {
+        let shard = || Shard {
             buckets: (0..seconds.max(1))
                 .map(|_| Bucket {
                     second: AtomicU64::new(0),
@@ -114,10 +133,37 @@ impl TimeWindow {
                     slow: AtomicU32::new(0),
                 })
                 .collect(),
+        };
+        TimeWindow {
+            shards: (0..SHARDS).map(|_| shard()).collect(),
         }
     }
 
     pub fn record(&self, second: u64, failed: bool, slow: bool) {
+        let shard = &self.shards[SHARD.with(|shard| *shard)];
+        shard.record(second, failed, slow);
+    }
+
+    pub fn totals(&self, second: u64) -> Totals {
+        self.shards.iter().fold(Totals::default(), |sum, shard| {
+            let totals = shard.totals(second);
+            Totals {
+                calls: sum.calls + totals.calls,
+                failures: sum.failures + totals.failures,
+                slow: sum.slow + totals.slow,
+            }
+        })
+    }
+
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.clear();
+        }
+    }
+}
+
+impl Shard {
+    fn record(&self, second: u64, failed: bool, slow: bool) {
         let mark = second + 1;
         let bucket = &self.buckets[(second % self.buckets.len() as u64) as usize];
         let seen = bucket.second.load(Ordering::Acquire);
@@ -141,7 +187,7 @@ impl TimeWindow {
         }
     }
 
-    pub fn totals(&self, second: u64) -> Totals {
+    fn totals(&self, second: u64) -> Totals {
         let oldest = (second + 1).saturating_sub(self.buckets.len() as u64 - 1);
         let mut totals = Totals::default();
         for bucket in self.buckets.iter() {
@@ -155,7 +201,7 @@ impl TimeWindow {
         totals
     }
 
-    pub fn clear(&self) {
+    fn clear(&self) {
         for bucket in self.buckets.iter() {
             bucket.second.store(0, Ordering::Release);
             bucket.calls.store(0, Ordering::Release);
@@ -260,5 +306,32 @@ mod tests {
             .filter(|s| s.load(Ordering::Relaxed) & FAILED != 0)
             .count();
         assert_eq!(totals.failures as usize, failed);
+    }
+
+    #[test]
+    fn time_window_totals_add_up_the_shards_of_every_thread() {
+        let window = std::sync::Arc::new(TimeWindow::new(5));
+        let threads: Vec<_> = (0..SHARDS + 3)
+            .map(|_| {
+                let window = window.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        window.record(100, i % 4 == 0, i % 10 == 0);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        let threads = (SHARDS + 3) as u32;
+        assert_eq!(
+            window.totals(100),
+            Totals {
+                calls: 1000 * threads,
+                failures: 250 * threads,
+                slow: 100 * threads
+            }
+        );
     }
 }
