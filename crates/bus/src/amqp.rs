@@ -1,5 +1,7 @@
-//! The AMQP transport: Spring Cloud Bus's topic exchange on RabbitMQ.
+//! The AMQP transport: Spring Cloud Bus's topic exchange on RabbitMQ, and beside it
+//! rtalpha's own exchange for cache invalidations, which Spring's consumers never bind.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -7,45 +9,82 @@ use futures_util::StreamExt;
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use rtalpha_proto::bus::{RemoteEvent, SPRING_BUS_DESTINATION};
+use rtalpha_proto::cache::CACHE_EXCHANGE;
 use tokio::sync::{Mutex, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::{BusError, Delivery, reconnect_pause};
 
+/// The channel of the current connection and the name of its subscriber queue.
+struct Session {
+    channel: Channel,
+    queue: ShortString,
+}
+
+/// What the connection task and the publishers share; one lock, so that a topic joined
+/// while the connection is being (re)established is bound exactly once it is up.
+#[derive(Default)]
+struct Shared {
+    session: Option<Session>,
+    /// The routing keys on [`CACHE_EXCHANGE`] this process listens to.
+    topics: BTreeSet<String>,
+}
+
 pub(crate) struct Amqp {
-    channel: Arc<Mutex<Option<Channel>>>,
+    shared: Arc<Mutex<Shared>>,
     connected: Arc<AtomicBool>,
 }
 
 impl Amqp {
     pub(crate) fn start(url: String, deliveries: broadcast::Sender<Delivery>, shutdown: CancellationToken) -> Self {
-        let channel = Arc::new(Mutex::new(None));
+        let shared = Arc::new(Mutex::new(Shared::default()));
         let connected = Arc::new(AtomicBool::new(false));
-        let (slot, flag) = (channel.clone(), connected.clone());
+        let (slot, flag) = (shared.clone(), connected.clone());
         tokio::spawn(async move { keep_connected(url, slot, flag, deliveries, shutdown).await });
-        Amqp { channel, connected }
+        Amqp { shared, connected }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// Listens to `routing_key` on the cache exchange from now on, across reconnections.
+    pub(crate) async fn join_topic(&self, routing_key: String) {
+        let mut shared = self.shared.lock().await;
+        if let Some(session) = &shared.session
+            && let Err(err) = bind_topic(session, &routing_key).await
+        {
+            // The connection is failing; the next one binds every topic.
+            tracing::warn!(error = %err, topic = %routing_key, "bus: cannot bind a cache topic yet");
+        }
+        shared.topics.insert(routing_key);
+    }
+
     pub(crate) async fn publish(&self, event: &RemoteEvent) -> Result<(), BusError> {
         let payload = serde_json::to_vec(event).map_err(|err| BusError::Unavailable(err.to_string()))?;
-        let guard = self.channel.lock().await;
-        let channel = guard
+        // Spring's events go to Spring's exchange, persistent as Spring sends them; cache
+        // invalidations to ours, transient: after a broker restart they are stale anyway,
+        // and subscribers are told `MayHaveMissed`.
+        let (exchange, routing_key, delivery_mode) = match event {
+            RemoteEvent::CacheInvalidation(invalidation) => (CACHE_EXCHANGE.to_owned(), invalidation.routing_key(), 1),
+            _ => (SPRING_BUS_DESTINATION.to_owned(), SPRING_BUS_DESTINATION.to_owned(), 2),
+        };
+        let shared = self.shared.lock().await;
+        let session = shared
+            .session
             .as_ref()
             .ok_or_else(|| BusError::Unavailable("not connected to the broker".to_owned()))?;
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        channel
+            .with_delivery_mode(delivery_mode);
+        session
+            .channel
             .basic_publish(
-                SPRING_BUS_DESTINATION.into(),
-                SPRING_BUS_DESTINATION.into(),
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &payload,
                 properties,
@@ -56,9 +95,22 @@ impl Amqp {
     }
 }
 
+async fn bind_topic(session: &Session, routing_key: &str) -> Result<(), lapin::Error> {
+    session
+        .channel
+        .queue_bind(
+            session.queue.clone(),
+            CACHE_EXCHANGE.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
 async fn keep_connected(
     url: String,
-    slot: Arc<Mutex<Option<Channel>>>,
+    slot: Arc<Mutex<Shared>>,
     connected: Arc<AtomicBool>,
     deliveries: broadcast::Sender<Delivery>,
     shutdown: CancellationToken,
@@ -71,9 +123,17 @@ async fn keep_connected(
             () = shutdown.cancelled() => return,
         };
         match session {
-            Ok((connection, channel, mut consumer)) => {
+            Ok((connection, session, mut consumer)) => {
                 attempt = 0;
-                *slot.lock().await = Some(channel);
+                {
+                    let mut shared = slot.lock().await;
+                    for topic in &shared.topics {
+                        if let Err(err) = bind_topic(&session, topic).await {
+                            tracing::warn!(error = %err, topic = %topic, "bus: cannot bind a cache topic");
+                        }
+                    }
+                    shared.session = Some(session);
+                }
                 connected.store(true, Ordering::Relaxed);
                 if was_connected {
                     tracing::info!("bus: reconnected to the broker; events sent meanwhile may be missed");
@@ -107,7 +167,7 @@ async fn keep_connected(
                     }
                 }
                 connected.store(false, Ordering::Relaxed);
-                *slot.lock().await = None;
+                slot.lock().await.session = None;
                 let _ = deliveries.send(Delivery::MayHaveMissed);
             }
             Err(err) => {
@@ -127,20 +187,22 @@ async fn keep_connected(
     }
 }
 
-async fn open(url: &str) -> Result<(Connection, Channel, lapin::Consumer), lapin::Error> {
+async fn open(url: &str) -> Result<(Connection, Session, lapin::Consumer), lapin::Error> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    channel
-        .exchange_declare(
-            SPRING_BUS_DESTINATION.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    for exchange in [SPRING_BUS_DESTINATION, CACHE_EXCHANGE] {
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let queue_name = format!(
         "{SPRING_BUS_DESTINATION}.anonymous.{}",
         crate::event_id().replace('-', "")
@@ -176,5 +238,6 @@ async fn open(url: &str) -> Result<(Connection, Channel, lapin::Consumer), lapin
             FieldTable::default(),
         )
         .await?;
-    Ok((connection, channel, consumer))
+    let queue = queue.name().clone();
+    Ok((connection, Session { channel, queue }, consumer))
 }

@@ -8,6 +8,11 @@
 //! - **Relay** (`http://`): the config server relays events itself, published by POST
 //!   and delivered as server-sent events, so a laptop needs no broker.
 //!
+//! Cache invalidations ([`RemoteEvent::CacheInvalidation`]) share the API and the relay,
+//! but over AMQP they go to their own exchange (`rtalphaCache`), by a routing key per
+//! service and cache, so Spring's consumers never see them; a process receives those of
+//! the caches it joined with [`Bus::join_cache_topic`].
+//!
 //! Subscribers receive [`Delivery::Event`]s, and a [`Delivery::MayHaveMissed`] whenever
 //! the transport was disconnected: what was sent meanwhile is lost, so a subscriber
 //! that keeps state from events (a cache) must start over.
@@ -125,6 +130,16 @@ impl Bus {
         self.deliveries.subscribe()
     }
 
+    /// Receives, from now on, the cache invalidations of `service`'s cache `cache` (they
+    /// arrive through [`Bus::subscribe`] like every event). Over AMQP this binds the
+    /// subscription to the cache's routing key, now and after every reconnection; the
+    /// relay carries every event to everyone, so there it changes nothing.
+    pub async fn join_cache_topic(&self, service: &str, cache: &str) {
+        if let Transport::Amqp(amqp) = self.transport.as_ref() {
+            amqp.join_topic(rtalpha_proto::cache::routing_key(service, cache)).await;
+        }
+    }
+
     /// Whether the transport is connected now.
     pub fn is_connected(&self) -> bool {
         match self.transport.as_ref() {
@@ -190,7 +205,7 @@ pub fn ack_event(origin: &str, event: &RemoteEvent) -> Option<RemoteEvent> {
             ack_destination_service: destination_service.clone(),
             event: rtalpha_proto::bus::REFRESH_EVENT_CLASS.to_owned(),
         }),
-        RemoteEvent::AckRemoteApplicationEvent { .. } => None,
+        RemoteEvent::AckRemoteApplicationEvent { .. } | RemoteEvent::CacheInvalidation(_) => None,
     }
 }
 

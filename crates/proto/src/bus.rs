@@ -1,6 +1,7 @@
 //! Bus events in Spring Cloud Bus's JSON, so that Spring Boot services on the same
 //! broker take part. Spring's consumers reject unknown fields, so these carry exactly
-//! Spring's.
+//! Spring's. The one event of our own, [`RemoteEvent::CacheInvalidation`], shares the
+//! JSON shape and the relay but never Spring's exchange (see [`crate::cache`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,9 @@ pub enum RemoteEvent {
         /// The Java class of the event acknowledged.
         event: String,
     },
+    /// rtalpha's own: a cache invalidation between instances of one service. Not a
+    /// Spring event; over RabbitMQ it travels on [`crate::cache::CACHE_EXCHANGE`].
+    CacheInvalidation(crate::cache::CacheInvalidation),
 }
 
 impl RemoteEvent {
@@ -50,6 +54,7 @@ impl RemoteEvent {
         match self {
             RemoteEvent::RefreshRemoteApplicationEvent { origin_service, .. }
             | RemoteEvent::AckRemoteApplicationEvent { origin_service, .. } => origin_service,
+            RemoteEvent::CacheInvalidation(invalidation) => &invalidation.origin_service,
         }
     }
 
@@ -62,6 +67,7 @@ impl RemoteEvent {
             | RemoteEvent::AckRemoteApplicationEvent {
                 destination_service, ..
             } => destination_service,
+            RemoteEvent::CacheInvalidation(invalidation) => &invalidation.destination_service,
         }
     }
 }

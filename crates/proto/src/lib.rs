@@ -6,6 +6,7 @@
 //! body that every server answers with live side by side.
 
 pub mod bus;
+pub mod cache;
 pub mod error;
 pub mod eureka;
 pub mod instance;
