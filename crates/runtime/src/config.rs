@@ -1,17 +1,20 @@
-//! Layered, typed configuration: built-in defaults < file < environment < command line.
+//! Layered, typed configuration: built-in defaults < file < config server < environment <
+//! command line.
 //!
 //! Each server declares one `Config` type with serde and a `Default`; [`load`] merges
 //! the layers with figment, deserializes once, and turns every failure into a
 //! [`ConfigError`] that names the key. Environment variables are `RTALPHA_` followed
 //! by the key path with `__` between sections: `RTALPHA_SERVER__BIND=0.0.0.0:8761`;
 //! a prefixed name without `__` is not a configuration key and is left alone.
+//! [`load_with_remote`] adds the config server's layer (fetched by `rtalpha-client`).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml, Yaml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -158,18 +161,145 @@ pub fn load<T>(file: Option<&Path>, overrides: &Overrides) -> Result<T, ConfigEr
 where
     T: Serialize + DeserializeOwned + Default + Validate,
 {
-    // Only names with a section separator are keys (`RTALPHA_SERVER__BIND`); others with
-    // the prefix, such as the tests' `RTALPHA_TEST_*` or `rtalpha status`'s
-    // `RTALPHA_REGISTRY_URL`, belong to someone else.
-    let env = Env::prefixed(ENV_PREFIX)
-        .filter(|key| key.as_str().contains("__"))
-        .split("__");
-    load_with_env(file, overrides, env)
+    load_with_env(file, None, overrides, environment()).map(|loaded| loaded.config)
 }
 
-fn load_with_env<T>(file: Option<&Path>, overrides: &Overrides, env: Env) -> Result<T, ConfigError>
+/// Configuration from a config server: a layer over the file and under the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteLayer {
+    /// Names the layer in error messages, such as `config server http://host:8888`.
+    pub name: String,
+    /// The values, nested (`{"server": {"port": 9000}}`).
+    pub values: serde_json::Value,
+    /// Leave out keys the configuration type does not know rather than refuse them: one
+    /// shared file configures every application, so most of its keys are someone else's.
+    pub ignore_unknown: bool,
+}
+
+/// A configuration loaded with a remote layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<T> {
+    /// The configuration, validated.
+    pub config: T,
+    /// The remote keys left out because the type does not know them (dotted paths).
+    pub ignored: Vec<String>,
+}
+
+/// Loads `T` as [`load`] does, with `remote` between the file and the environment.
+///
+/// Strings convert to numbers and booleans where the type wants them, as Spring's
+/// binding does: `.properties` files have nothing but strings.
+pub fn load_with_remote<T>(
+    file: Option<&Path>,
+    remote: &RemoteLayer,
+    overrides: &Overrides,
+) -> Result<Loaded<T>, ConfigError>
 where
     T: Serialize + DeserializeOwned + Default + Validate,
+{
+    load_with_env(file, Some(remote), overrides, environment())
+}
+
+/// The `RTALPHA_*` layer. Only names with a section separator are keys
+/// (`RTALPHA_SERVER__BIND`); others with the prefix, such as the tests' `RTALPHA_TEST_*`
+/// or `rtalpha status`'s `RTALPHA_REGISTRY_URL`, belong to someone else.
+fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+/// A figment provider with a name of its own, so that errors can tell its keys apart.
+struct Named<'a> {
+    name: &'a str,
+    values: &'a serde_json::Value,
+}
+
+impl Provider for Named<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name.to_owned())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(self.values).data()
+    }
+}
+
+/// Removes the value at `path` from a JSON tree; whether there was one.
+fn remove_path(values: &mut serde_json::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = values;
+    for key in parents {
+        let next = match node {
+            serde_json::Value::Object(map) => map.get_mut(key),
+            serde_json::Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    match node {
+        serde_json::Value::Object(map) => map.remove(last).is_some(),
+        _ => false,
+    }
+}
+
+fn load_with_env<T>(
+    file: Option<&Path>,
+    remote: Option<&RemoteLayer>,
+    overrides: &Overrides,
+    env: Env,
+) -> Result<Loaded<T>, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let Some(remote) = remote else {
+        let config: T = layers::<T>(file, None, overrides, env)?.extract().map_err(load_error)?;
+        config.validate()?;
+        return Ok(Loaded {
+            config,
+            ignored: Vec::new(),
+        });
+    };
+    let mut values = remote.values.clone();
+    let mut ignored = Vec::new();
+    loop {
+        let layer = Named {
+            name: &remote.name,
+            values: &values,
+        };
+        let figment = layers::<T>(file, Some(layer), overrides, env.clone())?;
+        let err = match figment.extract_lossy::<T>() {
+            Ok(config) => {
+                config.validate()?;
+                return Ok(Loaded { config, ignored });
+            }
+            Err(err) => err,
+        };
+        // An unknown key that only the remote layer has is left out, and the rest tried
+        // again; serde reports one unknown key at a time, so this runs once per such key.
+        let unknown_remote_key = remote.ignore_unknown
+            && matches!(err.kind, figment::error::Kind::UnknownField(..))
+            && err.metadata.as_ref().is_some_and(|m| m.name == remote.name.as_str())
+            && remove_path(&mut values, &err.path);
+        if !unknown_remote_key {
+            return Err(load_error(err));
+        }
+        ignored.push(err.path.join("."));
+    }
+}
+
+/// The layers below and above the remote one, merged in order.
+fn layers<T>(
+    file: Option<&Path>,
+    remote: Option<Named<'_>>,
+    overrides: &Overrides,
+    env: Env,
+) -> Result<Figment, ConfigError>
+where
+    T: Serialize + Default,
 {
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
@@ -186,29 +316,32 @@ where
             figment.merge(Toml::file(path))
         };
     }
+    if let Some(remote) = remote {
+        figment = figment.merge(remote);
+    }
     figment = figment.merge(env);
     for (key, value) in &overrides.0 {
         figment = figment.merge(Serialized::default(key, value));
     }
-    let config: T = figment.extract().map_err(|err| {
-        let messages: Vec<String> = err
-            .into_iter()
-            .map(|e| {
-                let source = e
-                    .metadata
-                    .as_ref()
-                    .map_or_else(|| "defaults".to_owned(), |m| m.name.to_string());
-                if e.path.is_empty() {
-                    format!("{} (from {source})", e.kind)
-                } else {
-                    format!("key `{}`: {} (from {source})", e.path.join("."), e.kind)
-                }
-            })
-            .collect();
-        ConfigError::Load(messages.join("; "))
-    })?;
-    config.validate()?;
-    Ok(config)
+    Ok(figment)
+}
+
+fn load_error(err: figment::Error) -> ConfigError {
+    let messages: Vec<String> = err
+        .into_iter()
+        .map(|e| {
+            let source = e
+                .metadata
+                .as_ref()
+                .map_or_else(|| "defaults".to_owned(), |m| m.name.to_string());
+            if e.path.is_empty() {
+                format!("{} (from {source})", e.kind)
+            } else {
+                format!("key `{}`: {} (from {source})", e.path.join("."), e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Load(messages.join("; "))
 }
 
 #[cfg(test)]
@@ -251,7 +384,9 @@ mod tests {
         )
         .unwrap();
 
-        let only_file: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        let only_file: Sample = load_with_env(Some(file.path()), None, &Overrides::new(), no_env())
+            .unwrap()
+            .config;
         assert_eq!(only_file.answer, 7);
         assert_eq!(only_file.server.bind.port(), 9000);
         assert_eq!(
@@ -262,7 +397,9 @@ mod tests {
 
         let mut overrides = Overrides::new();
         overrides.set("server.bind", Some("127.0.0.1:9999"));
-        let with_cli: Sample = load_with_env(Some(file.path()), &overrides, no_env()).unwrap();
+        let with_cli: Sample = load_with_env(Some(file.path()), None, &overrides, no_env())
+            .unwrap()
+            .config;
         assert_eq!(with_cli.server.bind.port(), 9999);
         assert_eq!(with_cli.server.max_body_bytes, 10);
     }
@@ -271,7 +408,9 @@ mod tests {
     fn yaml_files_are_read_by_extension() {
         let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
         writeln!(file, "answer: 9\ntelemetry:\n  log_format: json").unwrap();
-        let config: Sample = load_with_env(Some(file.path()), &Overrides::new(), no_env()).unwrap();
+        let config: Sample = load_with_env(Some(file.path()), None, &Overrides::new(), no_env())
+            .unwrap()
+            .config;
         assert_eq!(config.answer, 9);
         assert_eq!(config.telemetry.log_format, LogFormat::Json);
     }
@@ -280,24 +419,100 @@ mod tests {
     fn errors_name_the_bad_key() {
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbind = \"not an address\"").unwrap();
-        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err = load_with_env::<Sample>(Some(file.path()), None, &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("server.bind"), "{err}");
 
         let mut overrides = Overrides::new();
         overrides.set("answer", Some(1000));
-        let err = load_with_env::<Sample>(None, &overrides, no_env()).unwrap_err();
+        let err = load_with_env::<Sample>(None, None, &overrides, no_env()).unwrap_err();
         assert!(err.to_string().contains("`answer`"), "{err}");
 
         let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         writeln!(file, "[server]\nbindd = \"127.0.0.1:1\"").unwrap();
-        let err = load_with_env::<Sample>(Some(file.path()), &Overrides::new(), no_env()).unwrap_err();
+        let err = load_with_env::<Sample>(Some(file.path()), None, &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("bindd"), "{err}");
+    }
+
+    fn remote(values: serde_json::Value, ignore_unknown: bool) -> RemoteLayer {
+        RemoteLayer {
+            name: "config server http://test".to_owned(),
+            values,
+            ignore_unknown,
+        }
+    }
+
+    #[test]
+    fn the_remote_layer_sits_between_the_file_and_the_command_line() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        writeln!(
+            file,
+            "answer = 7\n[server]\nmax_body_bytes = 10\nbind = \"127.0.0.1:9000\""
+        )
+        .unwrap();
+        // `.properties` values are strings: they convert where the type wants a number.
+        let layer = remote(
+            serde_json::json!({"answer": "8", "server": {"max_body_bytes": 20}, "telemetry": {"log_level": "debug"}}),
+            true,
+        );
+        let mut overrides = Overrides::new();
+        overrides.set("server.max_body_bytes", Some(30));
+        let loaded: Loaded<Sample> = load_with_env(Some(file.path()), Some(&layer), &overrides, no_env()).unwrap();
+        assert_eq!(loaded.config.answer, 8, "remote over file");
+        assert_eq!(loaded.config.server.max_body_bytes, 30, "command line over remote");
+        assert_eq!(
+            loaded.config.server.bind.port(),
+            9000,
+            "the file where the remote is silent"
+        );
+        assert_eq!(loaded.config.telemetry.log_level, "debug");
+        assert!(loaded.ignored.is_empty());
+    }
+
+    #[test]
+    fn unknown_remote_keys_are_left_out_or_refused() {
+        let values = serde_json::json!({"answer": 5, "platform": {"registry": "x"}, "server": {"colour": "red"}});
+        let loaded: Loaded<Sample> =
+            load_with_env(None, Some(&remote(values.clone(), true)), &Overrides::new(), no_env()).unwrap();
+        assert_eq!(loaded.config.answer, 5);
+        let mut ignored = loaded.ignored.clone();
+        ignored.sort();
+        assert_eq!(ignored, ["platform", "server.colour"]);
+
+        let err = load_with_env::<Sample>(None, Some(&remote(values, false)), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("config server http://test"), "{err}");
+
+        // An unknown key of the file stays an error even when remote ones are left out.
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        writeln!(file, "colour = 1").unwrap();
+        let layer = remote(serde_json::json!({"colour": 2}), true);
+        let err = load_with_env::<Sample>(Some(file.path()), Some(&layer), &Overrides::new(), no_env()).unwrap_err();
+        assert!(
+            err.to_string().contains("TOML file"),
+            "the file's key, once the remote one is left out: {err}"
+        );
+        let layer = remote(serde_json::json!({"shade": 2}), true);
+        let err = load_with_env::<Sample>(Some(file.path()), Some(&layer), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn a_remote_value_of_the_wrong_type_or_out_of_range_is_refused() {
+        let layer = remote(serde_json::json!({"answer": "many"}), true);
+        let err = load_with_env::<Sample>(None, Some(&layer), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("`answer`"), "{err}");
+        let layer = remote(serde_json::json!({"answer": 1000}), true);
+        let err = load_with_env::<Sample>(None, Some(&layer), &Overrides::new(), no_env()).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Invalid { ref key, .. } if key == "answer"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_missing_file_is_an_error() {
         let err = load_with_env::<Sample>(
             Some(Path::new("/nonexistent/rtalpha.toml")),
+            None,
             &Overrides::new(),
             no_env(),
         )
