@@ -158,10 +158,12 @@ impl Default for SshOptions {
 
 impl SshOptions {
     /// The command gix runs for ssh remotes (through `sh`, as git runs `core.sshCommand`;
-    /// gix appends the port, the host and the remote command). Batch mode: a server
+    /// `"$@"` is the port, the host and the remote command gix adds). Batch mode: a server
     /// process has no one to answer a prompt, so a missing key or an unknown host fails at
-    /// once instead of hanging.
-    pub fn command(&self) -> String {
+    /// once instead of hanging. ssh's messages go to `stderr` when given: gix turns only a
+    /// few of them into its error and prints the rest, so "Host key verification failed"
+    /// would otherwise reach neither `/health` nor the logs.
+    pub fn command(&self, stderr: Option<&Path>) -> String {
         let mut command = vec![
             "ssh".to_owned(),
             "-o".to_owned(),
@@ -184,13 +186,17 @@ impl SshOptions {
         }
         let strict = if self.strict_host_key_checking { "yes" } else { "no" };
         command.extend(["-o".to_owned(), format!("StrictHostKeyChecking={strict}")]);
+        if let Some(stderr) = stderr {
+            command.push("\"$@\"".to_owned());
+            command.push(format!("2>{}", shell_quote(&stderr.display().to_string())));
+        }
         command.join(" ")
     }
 
     /// Configuration overrides that make gix run [`Self::command`] as OpenSSH.
-    fn config_overrides(&self) -> [String; 2] {
+    fn config_overrides(&self, stderr: &Path) -> [String; 2] {
         [
-            format!("core.sshCommand={}", self.command()),
+            format!("core.sshCommand={}", self.command(Some(stderr))),
             "ssh.variant=ssh".to_owned(),
         ]
     }
@@ -296,7 +302,32 @@ impl GitRepo {
     fn open_options(&self) -> gix::open::Options {
         let mut options = gix::open::Options::default_for_level(gix::sec::Trust::Full);
         options.permissions.config.git_binary = true;
-        options.config_overrides(self.access.ssh.config_overrides())
+        options.config_overrides(self.access.ssh.config_overrides(&self.ssh_stderr()))
+    }
+
+    /// Where ssh's messages of the last clone or fetch go: beside the clone, not in it.
+    fn ssh_stderr(&self) -> PathBuf {
+        let mut name = self.dir.file_name().unwrap_or_default().to_owned();
+        name.push(".ssh-stderr");
+        self.dir.with_file_name(name)
+    }
+
+    /// A failure over ssh, with what ssh said (its last lines) appended.
+    fn with_ssh_messages(&self, err: RepoError) -> RepoError {
+        let RepoError::Unavailable(problem) = err else {
+            return err;
+        };
+        let url = self.url();
+        let is_ssh =
+            gix::url::parse(gix::bstr::BStr::new(url.as_bytes())).is_ok_and(|url| url.scheme == gix::url::Scheme::Ssh);
+        let said = std::fs::read_to_string(self.ssh_stderr()).unwrap_or_default();
+        let lines: Vec<&str> = said.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
+        if !is_ssh || lines.is_empty() {
+            return RepoError::Unavailable(problem);
+        }
+        let tail = lines[lines.len().saturating_sub(3)..].join(" ");
+        let tail: String = tail.chars().take(500).collect();
+        RepoError::Unavailable(format!("{problem}; ssh said: {tail}"))
     }
 
     /// The certificates to trust, when a CA file is configured for an `https://` remote.
@@ -310,6 +341,11 @@ impl GitRepo {
     /// Clones if there is no local clone yet, fetches otherwise. Blocking: run it off
     /// the async runtime. `interrupt` stops it early.
     pub fn sync(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
+        self.clone_or_fetch(interrupt)
+            .map_err(|err| self.with_ssh_messages(err))
+    }
+
+    fn clone_or_fetch(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
         if self.has_clone() {
             return self.fetch(interrupt);
         }
@@ -513,16 +549,16 @@ mod tests {
             connect_timeout: Duration::from_millis(2500),
         };
         assert_eq!(
-            options.command(),
+            options.command(Some(Path::new("/clones/a.ssh-stderr"))),
             "ssh -o BatchMode=yes -o ConnectTimeout=2 -o IdentitiesOnly=yes -i '/keys/it'\\''s here/id' \
-             -o UserKnownHostsFile='/keys/known_hosts' -o StrictHostKeyChecking=yes"
+             -o UserKnownHostsFile='/keys/known_hosts' -o StrictHostKeyChecking=yes \"$@\" 2>'/clones/a.ssh-stderr'"
         );
         let lenient = SshOptions {
             strict_host_key_checking: false,
             ..SshOptions::default()
         };
         assert_eq!(
-            lenient.command(),
+            lenient.command(None),
             "ssh -o BatchMode=yes -o ConnectTimeout=10 -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no",
             "accepting any host key writes to no known hosts file"
         );

@@ -296,3 +296,184 @@ async fn clones_over_https_trusting_a_private_ca_and_follows_new_commits() {
     }
     drop(remote);
 }
+
+/// The absolute path of a program (sshd must be started by absolute path to re-execute
+/// itself), from `PATH` or the system directories that are often missing from it.
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+fn ssh_keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "rtalpha-test", "-f"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(status.success(), "ssh-keygen");
+}
+
+/// A real `sshd` on a loopback port that lets the current user in with a key made for
+/// the test; stopped on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    user: String,
+}
+
+impl Sshd {
+    /// `None` (the test is skipped) when sshd is not installed, unless `CI=true`.
+    async fn start() -> Option<Sshd> {
+        let Some(sshd) = find_program("sshd") else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("sshd is not installed but CI=true (.ci/run installs openssh-server)");
+            }
+            println!("skipped: sshd is not installed (apt-get install openssh-server)");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path();
+        ssh_keygen(&path.join("host_key"));
+        ssh_keygen(&path.join("client_key"));
+        std::fs::copy(path.join("client_key.pub"), path.join("authorized_keys")).expect("authorized_keys");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::write(
+            path.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1\nPort {port}\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAcceptEnv GIT_PROTOCOL\n\
+                 PidFile none\nLogLevel VERBOSE\n",
+                dir = path.display()
+            ),
+        )
+        .expect("sshd_config");
+        // As root, sshd insists on its privilege separation directory, which only the
+        // service's start-up script creates; as anyone else this fails and is not needed.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = Command::new(&sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(path.join("sshd_config"))
+            .arg("-E")
+            .arg(path.join("sshd.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sshd starts");
+        let user = Command::new("id").arg("-un").output().expect("id runs");
+        let sshd = Sshd {
+            child,
+            port,
+            dir,
+            user: String::from_utf8_lossy(&user.stdout).trim().to_owned(),
+        };
+        let listening = eventually(Duration::from_secs(5), async || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(listening, "sshd listens: {}", sshd.log());
+        Some(sshd)
+    }
+
+    fn url(&self, repository: &Path) -> String {
+        format!("ssh://{}@127.0.0.1:{}{}", self.user, self.port, repository.display())
+    }
+
+    fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// A known hosts file that knows this server's host key.
+    fn known_hosts(&self) -> PathBuf {
+        let public = std::fs::read_to_string(self.dir.path().join("host_key.pub")).expect("host key");
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        let path = self.dir.path().join("known_hosts");
+        std::fs::write(&path, format!("[127.0.0.1]:{} {}\n", self.port, key.join(" "))).expect("known_hosts");
+        path
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn clones_over_ssh_with_a_key_and_refuses_an_unknown_host_key() {
+    let Some(sshd) = Sshd::start().await else { return };
+    let root = tempfile::tempdir().expect("root");
+    let (repo_dir, first) = served_repository(root.path(), "config.git", &[("foo.yml", "over: ssh\n")]);
+    let uri = sshd.url(&repo_dir);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let configure = |clone: &str, known_hosts: PathBuf, strict: bool| {
+        let mut config = git_config(&uri, &basedir.path().join(clone));
+        config.config_server.git.private_key_file = Some(sshd.client_key());
+        config.config_server.git.known_hosts_file = Some(known_hosts);
+        config.config_server.git.strict_host_key_checking = strict;
+        config
+    };
+
+    // The key and the server's host key: cloned through the system's ssh, and followed.
+    let server = Server::start(configure("clone", sshd.known_hosts(), true)).await;
+    let (status, body) = server.get("/foo/default").await;
+    assert_eq!(
+        status,
+        200,
+        "{body}\nhealth: {}\nsshd: {}",
+        server.health().await,
+        sshd.log()
+    );
+    let environment: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(environment["version"], first.as_str());
+    assert_eq!(environment["propertySources"][0]["source"]["over"], "ssh");
+    let second = commit(&repo_dir, &[("foo.yml", "over: ssh, again\n")], "second");
+    assert!(
+        eventually(
+            Duration::from_secs(10),
+            async || server.json("/foo/default").await["version"] == second.as_str()
+        )
+        .await,
+        "the new commit is fetched over ssh"
+    );
+    server.stop().await;
+
+    // A host key that is not known, with strict checking: refused, and /health says so.
+    let unknown = basedir.path().join("empty_known_hosts");
+    std::fs::write(&unknown, "").expect("empty known hosts");
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert!(logins >= 1, "the first server logged in: {}", sshd.log());
+    let refused = Server::start(configure("refused", unknown.clone(), true)).await;
+    assert_eq!(refused.get("/foo/default").await.0, 503);
+    let health = refused.health().await;
+    assert_eq!(health["status"], "DOWN", "{health}");
+    let detail = repository_detail(&health);
+    eprintln!("unknown host key: {detail}");
+    assert!(detail.contains("Host key verification failed"), "{detail}");
+    refused.stop().await;
+    assert_eq!(
+        sshd.log().matches("Accepted publickey").count(),
+        logins,
+        "the refusing client never offered its key"
+    );
+
+    // The same unknown host with strict checking off is accepted.
+    let lenient = Server::start(configure("lenient", unknown, false)).await;
+    assert_eq!(lenient.json("/foo/default").await["version"], second.as_str());
+    lenient.stop().await;
+}
