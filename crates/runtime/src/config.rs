@@ -188,7 +188,8 @@ pub struct Loaded<T> {
 /// Loads `T` as [`load`] does, with `remote` between the file and the environment.
 ///
 /// Strings convert to numbers and booleans where the type wants them, as Spring's
-/// binding does: `.properties` files have nothing but strings.
+/// binding does: `.properties` files have nothing but strings. A remote empty string
+/// where a list or map is wanted is an empty one (Spring flattens `[]` and `{}` to "").
 pub fn load_with_remote<T>(
     file: Option<&Path>,
     remote: &RemoteLayer,
@@ -278,17 +279,48 @@ where
             }
             Err(err) => err,
         };
-        // An unknown key that only the remote layer has is left out, and the rest tried
-        // again; serde reports one unknown key at a time, so this runs once per such key.
-        let unknown_remote_key = remote.ignore_unknown
-            && matches!(err.kind, figment::error::Kind::UnknownField(..))
-            && err.metadata.as_ref().is_some_and(|m| m.name == remote.name.as_str())
-            && remove_path(&mut values, &err.path);
-        if !unknown_remote_key {
-            return Err(load_error(err));
+        // serde reports one problem at a time, so each of these runs once per such key.
+        let from_remote = err.metadata.as_ref().is_some_and(|m| m.name == remote.name.as_str());
+        match &err.kind {
+            // An unknown key that only the remote layer has is left out.
+            figment::error::Kind::UnknownField(..)
+                if from_remote && remote.ignore_unknown && remove_path(&mut values, &err.path) =>
+            {
+                ignored.push(err.path.join("."));
+            }
+            // Spring's flattening writes an empty list or map as an empty string.
+            figment::error::Kind::InvalidType(figment::error::Actual::Str(text), expected)
+                if from_remote && text.is_empty() && replace_empty(&mut values, &err.path, expected) => {}
+            _ => return Err(load_error(err)),
         }
-        ignored.push(err.path.join("."));
     }
+}
+
+/// Replaces the empty string at `path` by an empty list or map, as the type `expected`
+/// wants; whether it did.
+fn replace_empty(values: &mut serde_json::Value, path: &[String], expected: &str) -> bool {
+    let empty = if expected.contains("sequence") || expected.contains("array") {
+        serde_json::Value::Array(Vec::new())
+    } else if expected.contains("map") || expected.starts_with("struct") {
+        serde_json::Value::Object(serde_json::Map::new())
+    } else {
+        return false;
+    };
+    let mut node = values;
+    for key in path {
+        let next = match node {
+            serde_json::Value::Object(map) => map.get_mut(key),
+            serde_json::Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        node = next;
+    }
+    if node.as_str() != Some("") {
+        return false;
+    }
+    *node = empty;
+    true
 }
 
 /// The layers below and above the remote one, merged in order.
@@ -493,6 +525,26 @@ mod tests {
         let layer = remote(serde_json::json!({"shade": 2}), true);
         let err = load_with_env::<Sample>(Some(file.path()), Some(&layer), &Overrides::new(), no_env()).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_string_from_the_remote_layer_is_an_empty_list_or_map_where_one_is_wanted() {
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Lists {
+            tags: Vec<String>,
+            labels: std::collections::BTreeMap<String, String>,
+            name: String,
+        }
+        impl Validate for Lists {
+            fn validate(&self) -> Result<(), ConfigError> {
+                Ok(())
+            }
+        }
+        let layer = remote(serde_json::json!({"tags": "", "labels": "", "name": ""}), true);
+        let loaded: Loaded<Lists> = load_with_env(None, Some(&layer), &Overrides::new(), no_env()).unwrap();
+        assert!(loaded.config.tags.is_empty() && loaded.config.labels.is_empty());
+        assert_eq!(loaded.config.name, "", "a string stays a string");
     }
 
     #[test]
