@@ -1,11 +1,12 @@
 //! The AMQP transport against a real RabbitMQ (`RTALPHA_TEST_AMQP_URL`): Spring Cloud
-//! Bus's exchange and JSON, and recovery after the broker drops the connection.
+//! Bus's exchange and JSON, recovery after the broker drops the connection, and cache
+//! invalidations on their own exchange.
 
 use std::process::Command;
 use std::time::Duration;
 
 use rtalpha_bus::{Bus, Delivery, refresh_event};
-use rtalpha_proto::bus::RemoteEvent;
+use rtalpha_proto::bus::{RemoteEvent, SPRING_BUS_DESTINATION};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -115,5 +116,140 @@ async fn a_dropped_connection_is_recovered_and_subscribers_are_told() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_eq!(delivered, Some(event), "an event after recovery arrives");
+    shutdown.cancel();
+}
+
+/// A raw consumer of `exchange` with `routing_key`, as a Spring Boot service (on
+/// `springCloudBus`, `#`) or anyone else would bind.
+async fn raw_consumer(url: &str, exchange: &str, routing_key: &str) -> (lapin::Connection, lapin::Consumer) {
+    use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "raw".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    (connection, consumer)
+}
+
+/// Whether `consumer` gets a message whose JSON has this `originService` within `wait`.
+async fn receives_from(consumer: &mut lapin::Consumer, origin: &str, wait: Duration) -> bool {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
+        let json: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap_or_default();
+        if json["originService"] == origin {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn cache_invalidations_travel_on_their_own_exchange_to_the_caches_that_joined() {
+    use rtalpha_proto::cache::{CACHE_EXCHANGE, CacheInvalidation};
+    let Some(url) = amqp_url() else { return };
+    let _serial = SERIAL.lock().await;
+    let shutdown = CancellationToken::new();
+    let service = format!("bus-test-{}", rtalpha_bus::event_id());
+    let joined = Bus::connect(&url, shutdown.clone()).expect("bus");
+    let not_joined = Bus::connect(&url, shutdown.clone()).expect("bus");
+    connected(&joined).await;
+    connected(&not_joined).await;
+    joined.join_cache_topic(&service, "products").await;
+    let (_spring_connection, mut spring) = raw_consumer(&url, SPRING_BUS_DESTINATION, "#").await;
+    let (_cache_connection, mut raw_cache) = raw_consumer(
+        &url,
+        CACHE_EXCHANGE,
+        &rtalpha_proto::cache::routing_key(&service, "products"),
+    )
+    .await;
+    let (mut to_joined, mut to_not_joined) = (joined.subscribe(), not_joined.subscribe());
+
+    let origin = format!("{service}:products:test");
+    let event = RemoteEvent::CacheInvalidation(CacheInvalidation {
+        timestamp: rtalpha_bus::now_ms(),
+        origin_service: origin.clone(),
+        destination_service: CacheInvalidation::destination_of(&service),
+        cache: "products".into(),
+        sequence: 1,
+        keys: vec!["p-1".into()],
+        all: false,
+    });
+    not_joined.publish(&event).await.expect("published");
+
+    assert!(
+        receives_from(&mut raw_cache, &origin, Duration::from_secs(5)).await,
+        "on the cache exchange, by service and cache"
+    );
+    let delivered = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(Delivery::Event(got)) = to_joined.recv().await
+                && got == event
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(delivered.is_ok(), "the bus that joined the topic delivers it");
+    assert!(
+        !receives_from(&mut spring, &origin, Duration::from_millis(500)).await,
+        "Spring's exchange never carries it"
+    );
+    let stray = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            if let Ok(Delivery::Event(RemoteEvent::CacheInvalidation(_))) = to_not_joined.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(stray.is_err(), "a bus that did not join hears nothing of it");
     shutdown.cancel();
 }
