@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::cipher::{CIPHER_PREFIX, Cipher};
-use crate::parse::{self, Document, ParseError};
+use crate::parse::{self, Document, ParseError, Position};
 use crate::repo::Tree;
 
 /// The shared application name: its files apply to every application.
@@ -24,6 +24,19 @@ pub struct PropertySource {
     pub name: String,
     /// Flattened keys, in file order.
     pub source: Map<String, Value>,
+    /// Where each value starts in its file, for the v2 media type's `origin`.
+    #[serde(skip)]
+    pub origins: HashMap<String, Position>,
+}
+
+/// How an Environment is written: Spring's plain JSON, or its v2 media type, where every
+/// value is `{"value": …, "origin": "line:column"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EnvironmentShape {
+    /// `application/json`: values as they are.
+    Plain,
+    /// `application/vnd.spring-cloud.config-server.v2+json`: values with their origin.
+    WithOrigins,
 }
 
 /// Spring Cloud Config's Environment.
@@ -45,7 +58,7 @@ pub struct Environment {
 }
 
 /// What one serialized Environment depends on besides the snapshot.
-type AnswerKey = (String, String, bool, Option<String>);
+type AnswerKey = (String, String, bool, Option<String>, EnvironmentShape);
 
 /// A parsed configuration file of the snapshot.
 #[derive(Debug, Clone)]
@@ -196,14 +209,24 @@ impl Snapshot {
             if many {
                 name.push_str(&format!(" (document #{number})"));
             }
-            out.push(PropertySource {
-                name,
-                source: decrypted(&document.properties, cipher),
-            });
+            let source = decrypted(&document.properties, cipher);
+            // A value that could not be decrypted keeps the place of the ciphertext.
+            let origins = source
+                .keys()
+                .filter_map(|key| {
+                    let position = document.origins.get(key).or_else(|| {
+                        key.strip_prefix("invalid.")
+                            .and_then(|written| document.origins.get(written))
+                    })?;
+                    Some((key.clone(), *position))
+                })
+                .collect();
+            out.push(PropertySource { name, source, origins });
         }
     }
 
-    /// The serialized Environment, made once per application, profiles and state.
+    /// The serialized Environment, made once per application, profiles, state and
+    /// shape.
     pub fn environment_json(
         &self,
         application: &str,
@@ -211,8 +234,15 @@ impl Snapshot {
         label_named: bool,
         state: Option<String>,
         cipher: Option<&Cipher>,
+        shape: EnvironmentShape,
     ) -> Bytes {
-        let key = (application.to_owned(), profiles.join(","), label_named, state.clone());
+        let key = (
+            application.to_owned(),
+            profiles.join(","),
+            label_named,
+            state.clone(),
+            shape,
+        );
         if let Some(bytes) = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return bytes.clone();
         }
@@ -221,7 +251,11 @@ impl Snapshot {
         if !label_named {
             environment.label = None;
         }
-        let bytes = Bytes::from(serde_json::to_vec(&environment).unwrap_or_default());
+        let bytes = match shape {
+            EnvironmentShape::Plain => serde_json::to_vec(&environment),
+            EnvironmentShape::WithOrigins => serde_json::to_vec(&with_origins(&environment)),
+        };
+        let bytes = Bytes::from(bytes.unwrap_or_default());
         self.answers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -268,6 +302,29 @@ impl Snapshot {
         }
         None
     }
+}
+
+/// Spring's v2 shape: the Environment with each value as `{"value", "origin"}`, the origin
+/// left out where it is not known (as Spring leaves out a null one).
+fn with_origins(environment: &Environment) -> Value {
+    let mut json = serde_json::to_value(environment).unwrap_or(Value::Null);
+    let Some(sources) = json.get_mut("propertySources").and_then(Value::as_array_mut) else {
+        return json;
+    };
+    for (json_source, source) in sources.iter_mut().zip(&environment.property_sources) {
+        let Some(values) = json_source.get_mut("source").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for (key, value) in values.iter_mut() {
+            let mut descriptor = Map::new();
+            descriptor.insert("value".to_owned(), value.take());
+            if let Some(origin) = source.origins.get(key) {
+                descriptor.insert("origin".to_owned(), Value::String(origin.to_string()));
+            }
+            *value = Value::Object(descriptor);
+        }
+    }
+    json
 }
 
 /// The properties with `{cipher}` values decrypted; a value that cannot be decrypted

@@ -1,8 +1,13 @@
 //! Reading configuration files: YAML (with multi-document files and profile
 //! activation) and Java `.properties`, flattened to Spring's dotted keys
-//! (`server.port`, `list[0].name`), in file order.
+//! (`server.port`, `list[0].name`), in file order, each value with where it starts in
+//! the file (Spring's "origin", served in its v2 media type).
+
+use std::collections::HashMap;
 
 use serde_json::{Number, Value};
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// One document of a file: its properties in order, and the profiles it is for.
@@ -12,6 +17,23 @@ pub struct Document {
     pub activation: Option<ProfileExpr>,
     /// Flattened keys and values, in the order they appear.
     pub properties: Vec<(String, Value)>,
+    /// Where each key's value starts, when it could be told.
+    pub origins: HashMap<String, Position>,
+}
+
+/// A place in a file, as Spring Boot reports a value's origin: `line:column`, both from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The line, from 1.
+    pub line: u32,
+    /// The column, from 1.
+    pub column: u32,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
 }
 
 /// A file that could not be read as configuration.
@@ -141,8 +163,13 @@ const ACTIVATION_KEYS: [&str; 2] = ["spring.config.activate.on-profile", "spring
 /// Parses a YAML file into its documents.
 pub fn yaml(text: &str) -> Result<Vec<Document>, ParseError> {
     let documents = YamlLoader::load_from_str(text).map_err(|err| ParseError(format!("invalid YAML: {err}")))?;
+    // The loader keeps no positions; a second pass over the same events records them.
+    let mut positions = Positions::default();
+    let _ = Parser::new(text.chars()).load(&mut positions, true);
+    let mut origins = positions.documents.into_iter();
     let mut parsed = Vec::with_capacity(documents.len());
     for document in documents {
+        let mut origins = origins.next().unwrap_or_default();
         let mut properties = Vec::new();
         match &document {
             Yaml::Hash(_) => flatten(&document, String::new(), &mut properties)?,
@@ -160,9 +187,103 @@ pub fn yaml(text: &str) -> Result<Vec<Document>, ParseError> {
                 activation = Some(ProfileExpr::parse(&text)?);
             }
         }
-        parsed.push(Document { activation, properties });
+        // Containers have marks too; only the values that became properties are kept.
+        let keys: std::collections::HashSet<&str> = properties.iter().map(|(key, _)| key.as_str()).collect();
+        origins.retain(|key, _| keys.contains(key.as_str()));
+        parsed.push(Document {
+            activation,
+            properties,
+            origins,
+        });
     }
     Ok(parsed)
+}
+
+/// Records where every value of each YAML document starts, by its flattened key, from
+/// the parser's events: the same walk as [`flatten`], over marks instead of values.
+#[derive(Default)]
+struct Positions {
+    documents: Vec<HashMap<String, Position>>,
+    current: HashMap<String, Position>,
+    stack: Vec<Frame>,
+}
+
+/// A mapping or sequence being read, with its flattened path.
+enum Frame {
+    /// `key` is the key whose value comes next, `None` while a key is expected.
+    Mapping { path: String, key: Option<String> },
+    /// `index` is the position of the next item.
+    Sequence { path: String, index: usize },
+}
+
+impl Positions {
+    /// The path of the node that starts now, in the place its parent expects; `None` for a
+    /// mapping's key.
+    fn next_value_path(&mut self) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Mapping { key: None, .. }) => None,
+            Some(Frame::Mapping { path, key }) => {
+                let key = key.take().unwrap_or_default();
+                Some(if path.is_empty() { key } else { format!("{path}.{key}") })
+            }
+            Some(Frame::Sequence { path, index }) => {
+                *index += 1;
+                Some(format!("{path}[{}]", *index - 1))
+            }
+        }
+    }
+
+    fn record(&mut self, path: &str, mark: Marker) {
+        if path.is_empty() {
+            return;
+        }
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        // The scanner counts lines from 1 and columns from 0.
+        let position = Position {
+            line: to_u32(mark.line()),
+            column: to_u32(mark.col()).saturating_add(1),
+        };
+        self.current.insert(path.to_owned(), position);
+    }
+}
+
+impl MarkedEventReceiver for Positions {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        match event {
+            Event::DocumentStart => {
+                self.current.clear();
+                self.stack.clear();
+            }
+            Event::DocumentEnd => self.documents.push(std::mem::take(&mut self.current)),
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                // A container as a key is refused by `flatten`; track it under no name.
+                let path = self.next_value_path().unwrap_or_default();
+                self.record(&path, mark);
+                self.stack.push(match event {
+                    Event::MappingStart(..) => Frame::Mapping { path, key: None },
+                    _ => Frame::Sequence { path, index: 0 },
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+            }
+            Event::Scalar(text, ..) => match self.next_value_path() {
+                Some(path) => self.record(&path, mark),
+                None => {
+                    if let Some(Frame::Mapping { key, .. }) = self.stack.last_mut() {
+                        *key = Some(text);
+                    }
+                }
+            },
+            Event::Alias(_) => {
+                if let Some(path) = self.next_value_path() {
+                    self.record(&path, mark);
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd => {}
+        }
+    }
 }
 
 fn key_text(key: &Yaml) -> Result<String, ParseError> {
@@ -234,10 +355,14 @@ fn unreachable_scalar() -> Value {
 pub fn properties(text: &str) -> Result<Vec<Document>, ParseError> {
     let map = java_properties::read(text.as_bytes()).map_err(|err| ParseError(format!("invalid properties: {err}")))?;
     // The reader returns a map; keep the file's order by the position of each key.
+    let mut origins = HashMap::new();
     let mut ordered: Vec<(usize, String, Value)> = map
         .into_iter()
         .map(|(key, value)| {
             let position = find_key_position(text, &key);
+            if let Some(origin) = value_position(text, position, &key) {
+                origins.insert(key.clone(), origin);
+            }
             (position, key, Value::String(value))
         })
         .collect();
@@ -254,7 +379,30 @@ pub fn properties(text: &str) -> Result<Vec<Document>, ParseError> {
         None => None,
     };
     properties.shrink_to_fit();
-    Ok(vec![Document { activation, properties }])
+    Ok(vec![Document {
+        activation,
+        properties,
+        origins,
+    }])
+}
+
+/// Where the value of `key` starts on line `index` (from 0): after the key, the blanks,
+/// one `=` or `:`, and the blanks again, as Spring Boot counts it.
+fn value_position(text: &str, index: usize, key: &str) -> Option<Position> {
+    let line = text.lines().nth(index)?;
+    let start = line.len() - line.trim_start().len();
+    let after_key = line.get(start..)?.strip_prefix(key)?;
+    let blanks = |s: &str| s.len() - s.trim_start_matches([' ', '\t', '\u{c}']).len();
+    let mut offset = start + key.len() + blanks(after_key);
+    if line[offset..].starts_with(['=', ':']) {
+        offset += 1;
+        offset += blanks(&line[offset..]);
+    }
+    let column = line[..offset].chars().count() + 1;
+    Some(Position {
+        line: u32::try_from(index + 1).ok()?,
+        column: u32::try_from(column).ok()?,
+    })
 }
 
 fn find_key_position(text: &str, key: &str) -> usize {
@@ -321,6 +469,46 @@ mod tests {
         }
         let expr = ProfileExpr::parse("(a | b) & !c").unwrap();
         assert!(expr.matches(&["b".into()]) && !expr.matches(&["b".into(), "c".into()]));
+    }
+
+    fn origins(document: &Document) -> Vec<(String, String)> {
+        let mut origins: Vec<(String, String)> = document
+            .origins
+            .iter()
+            .map(|(key, position)| (key.clone(), position.to_string()))
+            .collect();
+        origins.sort();
+        origins
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn each_value_knows_the_line_and_column_it_starts_at() {
+        let docs = yaml(
+            "server:\n  port: 8080\nlist:\n  - a\n  - name: 'b'\nempty: {}\n---\nspring.profiles: dev\nx:   [1, 2]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            origins(&docs[0]),
+            pairs(&[
+                ("empty", "6:8"),
+                ("list[0]", "4:5"),
+                ("list[1].name", "5:11"),
+                ("server.port", "2:9"),
+            ])
+        );
+        assert_eq!(
+            origins(&docs[1]),
+            pairs(&[("spring.profiles", "8:18"), ("x[0]", "9:7"), ("x[1]", "9:10")])
+        );
+        let docs = properties("# comment\nserver.port=8080\n  name : users\nflag\n").unwrap();
+        assert_eq!(
+            origins(&docs[0]),
+            pairs(&[("flag", "4:5"), ("name", "3:10"), ("server.port", "2:13")])
+        );
     }
 
     #[test]

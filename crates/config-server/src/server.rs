@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cipher::Cipher;
 use crate::config::Config;
-use crate::environment::{self, Snapshot};
+use crate::environment::{self, EnvironmentShape, Snapshot};
 use crate::monitor;
 use crate::repo::{Credentials, GitRepo, NativeRepo, RemoteAccess, RepoError, SshOptions};
 use crate::store::{Backend, Store, destinations};
@@ -339,11 +339,51 @@ fn valid_name(name: &str, what: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Spring Cloud Config's v2 media type for Environments: every value with its origin.
+pub const V2_JSON: &str = "application/vnd.spring-cloud.config-server.v2+json";
+
+/// The shape `Accept` asks for: v2 when it names v2 (with a quality above zero) and
+/// names no plain JSON type with a higher quality. Wildcards choose plain JSON, as Spring
+/// answers its first mapping, and Spring's own client asks for v2 by name.
+fn shape_for(headers: &HeaderMap) -> EnvironmentShape {
+    let mut v2 = 0.0_f32;
+    let mut plain = 0.0_f32;
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else { continue };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|param| {
+                    param
+                        .trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                })
+                .next_back()
+                .unwrap_or(1.0);
+            match media.as_str() {
+                V2_JSON => v2 = v2.max(quality),
+                "application/json" | "application/vnd.spring-cloud.config-server.v1+json" => {
+                    plain = plain.max(quality);
+                }
+                _ => {}
+            }
+        }
+    }
+    if v2 > 0.0 && v2 >= plain {
+        EnvironmentShape::WithOrigins
+    } else {
+        EnvironmentShape::Plain
+    }
+}
+
 async fn environment_response(
     state: &AppState,
     application: &str,
     profiles: &str,
     label: Option<&str>,
+    shape: EnvironmentShape,
 ) -> Result<Response, ApiError> {
     valid_name(application, "application name")?;
     let store = state.store_for(application, profiles);
@@ -356,8 +396,14 @@ async fn environment_response(
         named,
         store.state(&label),
         state.cipher.as_ref(),
+        shape,
     );
-    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+    let content_type = match shape {
+        EnvironmentShape::Plain => "application/json",
+        EnvironmentShape::WithOrigins => V2_JSON,
+    };
+    // The same URL answers two shapes: caches must key on `Accept`.
+    Ok(([(CONTENT_TYPE, content_type), (http::header::VARY, "accept")], body).into_response())
 }
 
 /// A rendering request: `app-profile.ext`.
@@ -451,6 +497,7 @@ async fn two_segments(
     State(state): State<AppState>,
     Path((first, second)): Path<(String, String)>,
     Query(query): Query<RenderQuery>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     match rendering_of(&second) {
         Some(rendering) => {
@@ -462,15 +509,16 @@ async fn two_segments(
             )
             .await
         }
-        None => environment_response(&state, &first, &second, None).await,
+        None => environment_response(&state, &first, &second, None, shape_for(&headers)).await,
     }
 }
 
 async fn environment_with_label(
     State(state): State<AppState>,
     Path((application, profiles, label)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    environment_response(&state, &application, &profiles, Some(&label)).await
+    environment_response(&state, &application, &profiles, Some(&label), shape_for(&headers)).await
 }
 
 async fn plain_file(
@@ -697,4 +745,49 @@ async fn bus_refresh_to(State(state): State<AppState>, Path(destination): Path<S
     let destination = destination.trim_matches('/').replace('/', ":");
     state.publish_refresh(&BTreeSet::from([destination])).await;
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_chooses_the_v2_shape_only_when_it_is_named_and_not_outranked() {
+        let cases: [(&[&str], EnvironmentShape); 9] = [
+            (&[], EnvironmentShape::Plain),
+            (&["*/*"], EnvironmentShape::Plain),
+            (&["application/json"], EnvironmentShape::Plain),
+            (&[V2_JSON], EnvironmentShape::WithOrigins),
+            (
+                &["Application/VND.spring-cloud.config-server.v2+JSON"],
+                EnvironmentShape::WithOrigins,
+            ),
+            (
+                &["application/json, application/vnd.spring-cloud.config-server.v2+json"],
+                EnvironmentShape::WithOrigins,
+            ),
+            (
+                &[
+                    "application/json",
+                    "application/vnd.spring-cloud.config-server.v2+json;q=0.5",
+                ],
+                EnvironmentShape::Plain,
+            ),
+            (
+                &["application/vnd.spring-cloud.config-server.v2+json; q=0, */*"],
+                EnvironmentShape::Plain,
+            ),
+            (
+                &["text/html;q=0.9, application/vnd.spring-cloud.config-server.v2+json;q=0.8"],
+                EnvironmentShape::WithOrigins,
+            ),
+        ];
+        for (accept, expected) in cases {
+            let mut headers = HeaderMap::new();
+            for value in accept {
+                headers.append(http::header::ACCEPT, value.parse().unwrap());
+            }
+            assert_eq!(shape_for(&headers), expected, "{accept:?}");
+        }
+    }
 }

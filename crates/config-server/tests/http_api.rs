@@ -142,6 +142,61 @@ async fn serves_environments_in_springs_order_with_labels_and_secrets() {
     server.stop().await;
 }
 
+const V2_JSON: &str = "application/vnd.spring-cloud.config-server.v2+json";
+
+#[tokio::test]
+async fn answers_springs_v2_media_type_with_the_origin_of_every_value() {
+    let repo = repository(&[
+        ("application.yml", "greeting: hello\nserver:\n  port: 9000\n"),
+        ("foo.yml", "name: foo\nlist:\n  - a\n"),
+        ("foo-dev.properties", "greeting=hi\n"),
+    ]);
+    let version = git(repo.path(), &["rev-parse", "HEAD"]);
+    let basedir = tempfile::tempdir().expect("basedir");
+    let server = Server::start(git_config(
+        &repo.path().display().to_string(),
+        &basedir.path().join("clone"),
+    ))
+    .await;
+    let v2_accept = [("accept", V2_JSON)];
+    for path in ["/foo/dev", "/foo/dev/main"] {
+        let (status, headers, body) = server.answer("GET", path, "", &v2_accept).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(headers["content-type"], V2_JSON, "{path}");
+        assert_eq!(headers["vary"], "accept");
+        let environment: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(environment["version"], version.as_str());
+        assert_eq!(
+            sources(&environment),
+            ["foo-dev.properties", "foo.yml", "application.yml"]
+        );
+        let values: Vec<&Value> = (0..3).map(|n| &environment["propertySources"][n]["source"]).collect();
+        assert_eq!(values[0], &json!({"greeting": {"value": "hi", "origin": "1:10"}}));
+        assert_eq!(
+            values[1],
+            &json!({"name": {"value": "foo", "origin": "1:7"}, "list[0]": {"value": "a", "origin": "3:5"}})
+        );
+        assert_eq!(values[2]["server.port"], json!({"value": 9000, "origin": "3:9"}));
+    }
+
+    // Plain JSON is unchanged, whether asked for or not, and whichever was asked first.
+    for accept in [None, Some("application/json"), Some("*/*")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let (status, response_headers, body) = server.answer("GET", "/foo/dev", "", &headers).await;
+        assert_eq!(status, 200);
+        assert_eq!(response_headers["content-type"], "application/json", "{accept:?}");
+        let environment: Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(environment["propertySources"][0]["source"], json!({"greeting": "hi"}));
+        assert_eq!(environment["propertySources"][1]["source"]["list[0]"], "a");
+    }
+    let (_, headers, body) = server.answer("GET", "/foo/dev/no-such-label", "", &v2_accept).await;
+    assert_eq!(
+        headers["content-type"], "application/json",
+        "errors keep the JSON error body: {body}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn encrypt_and_decrypt_round_trip_and_need_a_key() {
     let repo = repository(&[("application.yml", "a: 1\n")]);

@@ -195,3 +195,53 @@ fn plain_files_prefer_the_profile_variant_and_refuse_escapes() {
         assert_eq!(get(escape, "dev"), None, "{escape}");
     }
 }
+
+#[test]
+fn the_v2_shape_gives_each_value_its_origin_and_the_plain_one_is_unchanged() {
+    let cipher = Cipher::new("k", DEFAULT_SALT).unwrap();
+    let secret = cipher.encrypt("hunter2");
+    let snapshot = snapshot(&[
+        (
+            "foo.yml",
+            &format!("server:\n  port: 9000\npassword: '{{cipher}}{secret}'\nbroken: '{{cipher}}00ff'\n"),
+        ),
+        ("foo-dev.properties", "greeting = hi\n"),
+    ]);
+    let profiles = profiles(&["dev"]);
+    let plain: serde_json::Value = serde_json::from_slice(&snapshot.environment_json(
+        "foo",
+        &profiles,
+        false,
+        None,
+        Some(&cipher),
+        EnvironmentShape::Plain,
+    ))
+    .unwrap();
+    let v2: serde_json::Value = serde_json::from_slice(&snapshot.environment_json(
+        "foo",
+        &profiles,
+        false,
+        None,
+        Some(&cipher),
+        EnvironmentShape::WithOrigins,
+    ))
+    .unwrap();
+    assert_eq!(plain["propertySources"][1]["source"]["server.port"], json!(9000));
+    assert_eq!(
+        v2["propertySources"][0]["source"],
+        json!({"greeting": {"value": "hi", "origin": "1:12"}})
+    );
+    assert_eq!(
+        v2["propertySources"][1]["source"],
+        json!({
+            "server.port": {"value": 9000, "origin": "2:9"},
+            "password": {"value": "hunter2", "origin": "3:11"},
+            "invalid.broken": {"value": "<n/a>", "origin": "4:9"},
+        }),
+        "decrypted values and undecryptable ones keep the place they are written"
+    );
+    for field in ["name", "profiles", "label", "version", "state"] {
+        assert_eq!(plain[field], v2[field], "{field}");
+    }
+    assert_eq!(plain["propertySources"][1]["name"], v2["propertySources"][1]["name"]);
+}
