@@ -341,6 +341,8 @@ impl GitRepo {
     /// Clones if there is no local clone yet, fetches otherwise. Blocking: run it off
     /// the async runtime. `interrupt` stops it early.
     pub fn sync(&self, interrupt: &AtomicBool) -> Result<(), RepoError> {
+        // Only this attempt's messages may explain this attempt's failure.
+        let _ = std::fs::remove_file(self.ssh_stderr());
         self.clone_or_fetch(interrupt)
             .map_err(|err| self.with_ssh_messages(err))
     }
