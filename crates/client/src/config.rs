@@ -551,9 +551,10 @@ impl<T: ServiceConfig> Shared<T> {
             unavailable: None,
             refused: None,
             server_state: None,
+            // Connected only once the refresh task has seen the subscription up and
+            // fetched once after it (see `follow`).
             bus: match &bus {
                 None => BusStatus::None,
-                Some(bus) if bus.is_connected() => BusStatus::Connected,
                 Some(_) => BusStatus::Disconnected,
             },
         };
@@ -751,6 +752,8 @@ async fn follow<T: ServiceConfig>(
     let mut bus_check = tokio::time::interval(BUS_CHECK_EVERY);
     bus_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut bus_was_connected = false;
+    // Whether the fetch after the first connection has been done.
+    let mut caught_up = true;
     // Refresh events acted on but not yet acknowledged (a fetch failed; it is retried).
     let mut to_acknowledge: Vec<RemoteEvent> = Vec::new();
     loop {
@@ -787,12 +790,15 @@ async fn follow<T: ServiceConfig>(
             }
             _ = bus_check.tick(), if shared.bus.is_some() => {
                 let connected = shared.bus.as_ref().is_some_and(Bus::is_connected);
-                shared.note_bus(connected);
                 if connected && !bus_was_connected {
                     // Events sent before the subscription was in place are lost: fetch
-                    // once now that it is.
+                    // once now that it is, and only then say the bus is up, so that
+                    // "connected" means that no change can have been missed.
                     bus_was_connected = true;
                     refresh = true;
+                    caught_up = false;
+                } else if caught_up {
+                    shared.note_bus(connected);
                 }
             }
             _ = next_tick(&mut poll) => refresh = true,
@@ -801,7 +807,12 @@ async fn follow<T: ServiceConfig>(
         if !refresh {
             continue;
         }
-        match shared.refresh().await {
+        let result = shared.refresh().await;
+        if !caught_up {
+            caught_up = true;
+            shared.note_bus(shared.bus.as_ref().is_some_and(Bus::is_connected));
+        }
+        match result {
             Ok(_) => {
                 retry_attempt = None;
                 retry_at = None;
