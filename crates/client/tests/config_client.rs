@@ -122,8 +122,36 @@ async fn change_is_refreshed_and_acknowledged(
     bus_connected(client).await;
     let mut changes = client.changes();
     let before = client.config();
+    // When the server's announcement goes by on the bus, to tell the client's share of
+    // the time from the change to the new configuration in force.
+    let app = client.bus_id().split(':').next().expect("name").to_owned();
+    let announced = {
+        let mut deliveries = observer.bus.subscribe();
+        let destination = format!("{app}:**");
+        tokio::spawn(async move {
+            loop {
+                match deliveries.recv().await {
+                    Ok(rtalpha_bus::Delivery::Event(event))
+                        if refresh_id(&event).is_some() && event.destination() == destination =>
+                    {
+                        return Some(tokio::time::Instant::now());
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                    _ => {}
+                }
+            }
+        })
+    };
+    let changed_at = tokio::time::Instant::now();
     let version = change();
     let notified = next_change(&mut changes).await;
+    let in_force = changed_at.elapsed();
+    if let Ok(Ok(Some(at))) = tokio::time::timeout(WAIT, announced).await {
+        eprintln!(
+            "{app}: change to event on the bus {:?}, change to new configuration in force {in_force:?}",
+            at - changed_at
+        );
+    }
     assert_eq!(notified.changed_keys, ["greeting", "pool.max", "tags[0]", "tags[1]"]);
     assert_eq!(notified.generation, before.generation() + 1);
     if version.is_some() {
@@ -141,7 +169,6 @@ async fn change_is_refreshed_and_acknowledged(
         "a snapshot taken earlier does not change under its reader"
     );
 
-    let app = client.bus_id().split(':').next().expect("name").to_owned();
     let refresh = observer
         .wait_for(WAIT, |event| {
             refresh_id(event).is_some() && event.destination() == format!("{app}:**")
