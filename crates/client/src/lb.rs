@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -211,7 +211,7 @@ struct Shared {
 struct ServiceState {
     name: String,
     breaker: CircuitBreaker,
-    endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    endpoints: RwLock<HashMap<String, Arc<Endpoint>>>,
     next: AtomicUsize,
 }
 
@@ -319,7 +319,7 @@ impl LbClient {
     pub fn instance_stats(&self, service: &str) -> Vec<InstanceStats> {
         let state = self.shared.service(service);
         let now = self.shared.nanos();
-        let endpoints = state.endpoints.lock().map(|e| e.clone()).unwrap_or_default();
+        let endpoints = state.endpoints.read().map(|e| e.clone()).unwrap_or_default();
         let mut stats: Vec<_> = endpoints
             .values()
             .map(|endpoint| InstanceStats {
@@ -353,7 +353,7 @@ impl Shared {
                 Arc::new(ServiceState {
                     breaker: CircuitBreaker::new(format!("service:{key}"), self.settings.breaker.clone()),
                     name: key,
-                    endpoints: Mutex::new(HashMap::new()),
+                    endpoints: RwLock::new(HashMap::new()),
                     next: AtomicUsize::new(0),
                 })
             })
@@ -443,18 +443,13 @@ impl Shared {
 
     /// Chooses an instance that has not been tried for this call.
     fn pick(&self, service: &ServiceState, tried: &[String]) -> Option<Candidate> {
-        let instances = self.discovery_instances(&service.name);
+        let instances = self.discovery.instances(&service.name);
         let now = self.nanos();
-        let endpoints = self.endpoints_for(service, &instances);
-        let mut candidates: Vec<Candidate> = instances
-            .iter()
-            .filter(|instance| !tried.contains(&instance.instance_id))
-            .filter_map(|instance| {
-                let endpoint = endpoints.get(&instance.instance_id)?.clone();
-                (endpoint.ejected_until.load(Ordering::Acquire) <= now).then(|| Candidate {
-                    instance: instance.clone(),
-                    endpoint,
-                })
+        let mut candidates: Vec<Candidate> = self
+            .candidates(service, &instances)
+            .into_iter()
+            .filter(|c| {
+                !tried.contains(&c.instance.instance_id) && c.endpoint.ejected_until.load(Ordering::Acquire) <= now
             })
             .collect();
         if self.settings.same_zone
@@ -496,29 +491,60 @@ impl Shared {
             .collect()
     }
 
-    /// The statistics of each listed instance; instances that left the view
-    /// are forgotten.
-    fn endpoints_for(&self, service: &ServiceState, instances: &[Arc<Instance>]) -> HashMap<String, Arc<Endpoint>> {
-        let mut endpoints = match service.endpoints.lock() {
+    /// The UP instances with a plain port, each with its statistics; the
+    /// statistics of instances that left the view are dropped now and then.
+    fn candidates(&self, service: &ServiceState, instances: &[Arc<Instance>]) -> Vec<Candidate> {
+        let usable = || {
+            instances
+                .iter()
+                .filter(|instance| instance.status == Status::Up && instance.port.enabled)
+        };
+        {
+            let endpoints = match service.endpoints.read() {
+                Ok(endpoints) => endpoints,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let known: Option<Vec<Candidate>> = usable()
+                .map(|instance| {
+                    endpoints.get(&instance.instance_id).map(|endpoint| Candidate {
+                        instance: instance.clone(),
+                        endpoint: endpoint.clone(),
+                    })
+                })
+                .collect();
+            if let Some(known) = known {
+                return known;
+            }
+        }
+        // A new instance: add its statistics under the write lock.
+        let mut endpoints = match service.endpoints.write() {
             Ok(endpoints) => endpoints,
             Err(poisoned) => poisoned.into_inner(),
         };
         if endpoints.len() > instances.len() * 2 + 8 {
             endpoints.retain(|id, _| instances.iter().any(|i| &i.instance_id == id));
         }
-        for instance in instances {
-            endpoints.entry(instance.instance_id.clone()).or_insert_with(|| {
-                Arc::new(Endpoint {
-                    instance_id: instance.instance_id.clone(),
-                    in_flight: AtomicU32::new(0),
-                    latency: AtomicU64::new(0),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejections: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
-                })
-            });
-        }
-        endpoints.clone()
+        usable()
+            .map(|instance| {
+                let endpoint = endpoints
+                    .entry(instance.instance_id.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Endpoint {
+                            instance_id: instance.instance_id.clone(),
+                            in_flight: AtomicU32::new(0),
+                            latency: AtomicU64::new(0),
+                            consecutive_failures: AtomicU32::new(0),
+                            ejections: AtomicU32::new(0),
+                            ejected_until: AtomicU64::new(0),
+                        })
+                    })
+                    .clone();
+                Candidate {
+                    instance: instance.clone(),
+                    endpoint,
+                }
+            })
+            .collect()
     }
 
     async fn send(&self, service: &ServiceState, candidate: &Candidate, path: &str, req: &Request<Bytes>) -> Attempt {
@@ -601,7 +627,7 @@ impl Shared {
         let total = self.discovery_instances(&service.name).len();
         let ejected = service
             .endpoints
-            .lock()
+            .read()
             .map(|endpoints| {
                 endpoints
                     .values()
