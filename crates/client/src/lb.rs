@@ -336,6 +336,24 @@ impl LbClient {
     }
 }
 
+/// The client as a tower service, so that it can sit under the same layers
+/// as any other (the gateway stacks its own on top).
+impl tower::Service<Request<Bytes>> for LbClient {
+    type Response = Response<Bytes>;
+    type Error = LbError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Response<Bytes>, LbError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), LbError>> {
+        // Admission is decided per call (breaker, instances), not here.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.call(req).await })
+    }
+}
+
 impl Shared {
     fn nanos(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64

@@ -527,3 +527,70 @@ async fn power_of_two_choices_prefers_the_faster_instance() {
     assert!(fast > 3 * slow, "fast {fast}, slow {slow}");
     registry.stop.cancel();
 }
+
+#[tokio::test]
+async fn a_killed_and_a_flapping_instance_cost_the_callers_nothing() {
+    let registry = registry().await;
+    let (stable, flapper, victim) = (
+        upstream("stable", Duration::ZERO).await,
+        upstream("flapper", Duration::ZERO).await,
+        upstream("victim", Duration::ZERO).await,
+    );
+    let _rs = register(&registry, "orders", "stable", stable.port).await;
+    let _rf = register(&registry, "orders", "flapper", flapper.port).await;
+    let _rv = register(&registry, "orders", "victim", victim.port).await;
+    let (discovery, lb) = caller(
+        &registry,
+        LbSettings {
+            ejection: EjectionSettings {
+                consecutive_failures: 2,
+                base_time: Duration::from_millis(200),
+                max_ejected_percent: 67,
+                ..EjectionSettings::default()
+            },
+            ..lb_settings()
+        },
+    )
+    .await;
+    wait_for_instances(&discovery, "orders", 3).await;
+    // The flapper answers 503 and 200 in turns of 100 ms.
+    let flapping = {
+        let mode = flapper.mode.clone();
+        tokio::spawn(async move {
+            for turn in 0..20u32 {
+                mode.store(if turn % 2 == 0 { FAIL_503 } else { OK }, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut statuses = Vec::new();
+    let started = Instant::now();
+    let mut killed_at = None;
+    while started.elapsed() < Duration::from_millis(1500) {
+        if killed_at.is_none() && started.elapsed() > Duration::from_millis(500) {
+            // Killed without deregistering: its port refuses connections.
+            victim.stop.cancel();
+            killed_at = Some(Instant::now());
+        }
+        statuses.push(lb.get("lb://orders/x").await.map(|r| r.status().as_u16()));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    flapping.await.expect("flapping");
+    let failed: Vec<_> = statuses.iter().filter(|s| !matches!(s, Ok(200))).collect();
+    assert!(failed.is_empty(), "callers saw {} failures: {failed:?}", failed.len());
+    assert!(
+        flapper.hits.load(Ordering::SeqCst) > 0,
+        "the flapper served while it was up"
+    );
+    let victim_stats = lb
+        .instance_stats("orders")
+        .into_iter()
+        .find(|s| s.instance_id == "victim")
+        .expect("victim known");
+    assert!(
+        victim_stats.ejections >= 1,
+        "the killed instance was ejected: {victim_stats:?}"
+    );
+    assert!(killed_at.is_some());
+    registry.stop.cancel();
+}
