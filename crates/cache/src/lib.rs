@@ -294,17 +294,25 @@ where
     /// their copy. Failures to reach them are logged and counted; they clear themselves
     /// when they notice the gap.
     pub async fn put(&self, key: &str, value: V) {
-        let encoded = serde_json::to_vec(&value);
+        // Encoded only when Redis or a byte bound needs it.
+        let encoded = if self.inner.shared.is_some() || self.inner.near.weighs_bytes() {
+            serde_json::to_vec(&value).map_err(|_| ())
+        } else {
+            Err(())
+        };
         let value = Arc::new(value);
         if let Some(shared) = &self.inner.shared {
-            match &encoded {
-                Ok(bytes) if shared.is_up() => {
-                    if let Err(err) = shared.write(key, bytes).await {
-                        self.shared_failed(&err);
-                        shared.remember(Some(key));
-                    }
+            let stored = match &encoded {
+                _ if !shared.is_up() => Err(None),
+                Ok(bytes) => shared.write(key, bytes).await.map_err(Some),
+                // A value JSON cannot encode: at least the old one must not stay.
+                Err(()) => shared.remove(key).await.map_err(Some),
+            };
+            if let Err(failure) = stored {
+                if let Some(err) = failure {
+                    self.shared_failed(&err);
                 }
-                _ => shared.remember(Some(key)),
+                shared.remember(Some(key));
             }
         }
         if self.serves_from_memory() {
