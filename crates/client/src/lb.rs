@@ -32,7 +32,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rand::Rng;
 use rtalpha_proto::{Instance, Status};
-use rtalpha_resilience::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Outcome, Rejected};
+use rtalpha_resilience::breaker::{BreakerConfig, BreakerSnapshot, CircuitBreaker, Outcome, Rejected, WindowKind};
 use rtalpha_resilience::retry::{Retry, RetryConfig, Verdict};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -115,7 +115,13 @@ impl Default for LbSettings {
             connect_timeout: Duration::from_secs(1),
             retry: RetryConfig::default(),
             ejection: EjectionSettings::default(),
-            breaker: BreakerConfig::default(),
+            // A time window: its per-thread shards keep concurrent callers
+            // of one service from contending (bench/README.md).
+            breaker: BreakerConfig {
+                window: WindowKind::Time,
+                window_size: 10,
+                ..BreakerConfig::default()
+            },
         }
     }
 }

@@ -67,6 +67,9 @@ fn closed_path(c: &mut Criterion) {
                 .expect("ready")
         })
     });
+    group.bench_function("baseline_async_without_breaker", |b| {
+        b.iter(|| async { Ok::<_, ()>(black_box(1)) }.now_or_never().expect("ready"))
+    });
     group.bench_function("failure_recorded_and_judged", |b| {
         // A 30 % failure rate keeps the breaker closed while every failure
         // is judged against the window.

@@ -391,11 +391,14 @@ impl CircuitBreaker {
 
     /// Runs `call` if the breaker admits it; an `Err` counts as a failure.
     pub async fn call<T, E>(&self, call: impl Future<Output = Result<T, E>>) -> Result<T, CallError<E>> {
-        self.call_classified(call, |result| match result {
-            Ok(_) => Outcome::Success,
-            Err(_) => Outcome::Failure,
-        })
-        .await
+        let permit = self.try_acquire().map_err(CallError::Rejected)?;
+        let result = call.await;
+        permit.record(if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        });
+        result.map_err(CallError::Inner)
     }
 
     /// Runs `call` if the breaker admits it, judging its result with `classify`.

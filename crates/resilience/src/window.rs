@@ -18,6 +18,12 @@ pub(crate) struct Totals {
     pub slow: u32,
 }
 
+/// One outcome on a cache line of its own, so that callers recording into
+/// neighbouring slots do not contend for the line.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Slot(AtomicU8);
+
 const EMPTY: u8 = 0;
 const FAILED: u8 = 0b01;
 const SLOW: u8 = 0b10;
@@ -26,7 +32,7 @@ const FILLED: u8 = 0b100;
 /// The last N outcomes.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
-    slots: Box<[AtomicU8]>,
+    slots: Box<[Slot]>,
     next: AtomicU64,
     calls: AtomicU32,
     failures: AtomicU32,
@@ -36,7 +42,7 @@ pub(crate) struct CountWindow {
 impl CountWindow {
     pub fn new(size: u32) -> CountWindow {
         CountWindow {
-            slots: (0..size.max(1)).map(|_| AtomicU8::new(EMPTY)).collect(),
+            slots: (0..size.max(1)).map(|_| Slot(AtomicU8::new(EMPTY))).collect(),
             next: AtomicU64::new(0),
             calls: AtomicU32::new(0),
             failures: AtomicU32::new(0),
@@ -47,7 +53,7 @@ impl CountWindow {
     pub fn record(&self, failed: bool, slow: bool) {
         let code = FILLED | if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len() as u64;
-        let old = self.slots[index as usize].swap(code, Ordering::AcqRel);
+        let old = self.slots[index as usize].0.swap(code, Ordering::AcqRel);
         if old == code {
             return;
         }
@@ -68,7 +74,7 @@ impl CountWindow {
 
     pub fn clear(&self) {
         for slot in self.slots.iter() {
-            slot.store(EMPTY, Ordering::Release);
+            slot.0.store(EMPTY, Ordering::Release);
         }
         self.calls.store(0, Ordering::Release);
         self.failures.store(0, Ordering::Release);
