@@ -309,7 +309,7 @@ mod tests {
         let failed = window
             .slots
             .iter()
-            .filter(|s| s.load(Ordering::Relaxed) & FAILED != 0)
+            .filter(|s| s.0.load(Ordering::Relaxed) & FAILED != 0)
             .count();
         assert_eq!(totals.failures as usize, failed);
     }
