@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 requests="${REQUESTS:-20000}"
-echo "== breaker (criterion, closed path)"
-cargo bench -p rtalpha-resilience --bench breaker -- --measurement-time 3 --warm-up-time 1 2>&1 \
-  | grep -E "^breaker/|time:" | paste - - | awk '{print $1, $4, $5, $6}' || true
+echo "== breaker (criterion, closed path; median of the estimate)"
+cargo bench -q -p rtalpha-resilience --bench breaker -- --measurement-time 3 --warm-up-time 1 2>/dev/null \
+  | awk '/^breaker\// { name = $1 } /time:/ { print name, $(NF-3), $(NF-2) }'
 echo "== lb:// over bare hyper, ${requests} requests each"
 cargo run --release -q -p rtalpha-client --example lb_overhead -- "$requests"
