@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The config server benchmark (results in bench/README.md).
 #
-#   bash bench/config-server/run.sh        # from the workspace root; ~2 min
+#   bash bench/config-server/run.sh        # from the workspace root; ~3 min
 #
 # 1. GET /{application}/{profile} requests/s and latency, wrk against the config server and
 #    against the bare hyper baseline (`rtalpha-bench hello`) in the same run, same script,
 #    same connections; both servers and wrk share the machine's 2 cores.
 # 2. Commit -> refresh event at a bus subscriber: a local repository (file system watch),
 #    and a git:// remote (a real git daemon) told by a webhook (POST /monitor).
+# 1b. The same at 4 connections (below saturation) for the latency tail.
 # 3. Resident memory with a repository of 1,000 files, after serving all 1,000 applications.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -54,6 +55,16 @@ for target in hello config hello config; do
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
   echo "environment $target: $rps req/s, p50 $p50, p99 $p99"
+done
+
+# Latency below saturation: 4 connections leave the cores to the servers, so the tail shows
+# the service time rather than the run queue of wrk and the server sharing two cores.
+for target in hello config; do
+  port=$([ $target = hello ] && echo $HELLO_PORT || echo $CONFIG_PORT)
+  out=$(taskset -c 0,1 wrk -t1 -c4 -d$DURATION --latency "http://127.0.0.1:$port/app-7/default")
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  echo "environment $target at 4 connections: $rps req/s, p50 $p50, p99 $p99"
 done
 
 for n in $(seq 1 999); do curl -s -o /dev/null "http://127.0.0.1:$CONFIG_PORT/app-$n/default"; done
