@@ -42,8 +42,25 @@ struct UpstreamState {
     delay: Duration,
 }
 
-async fn answer(State(state): State<UpstreamState>) -> (StatusCode, String) {
+async fn answer(
+    State(state): State<UpstreamState>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+) -> (StatusCode, String) {
     state.hits.fetch_add(1, Ordering::SeqCst);
+    if uri.path() == "/echo-headers" {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        return (
+            StatusCode::OK,
+            format!("{} {}", header("x-request-id"), header("traceparent")),
+        );
+    }
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
@@ -592,5 +609,37 @@ async fn a_killed_and_a_flapping_instance_cost_the_callers_nothing() {
         "the killed instance was ejected: {victim_stats:?}"
     );
     assert!(killed_at.is_some());
+    registry.stop.cancel();
+}
+
+#[tokio::test]
+async fn the_request_id_and_the_trace_reach_the_instance() {
+    let registry = registry().await;
+    let a = upstream("a", Duration::ZERO).await;
+    let _ra = register(&registry, "orders", "a", a.port).await;
+    let (discovery, lb) = caller(&registry, lb_settings()).await;
+    wait_for_instances(&discovery, "orders", 1).await;
+    let request = http::Request::get("lb://orders/echo-headers")
+        .header("x-request-id", "req-42")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .body(Bytes::new())
+        .expect("request");
+    let answer = lb.request(request).await.expect("answer");
+    let seen = String::from_utf8_lossy(answer.body()).into_owned();
+    let (request_id, traceparent) = seen.split_once(' ').expect("two headers");
+    assert_eq!(request_id, "req-42");
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+    assert!(
+        !traceparent.contains("00f067aa0ba902b7"),
+        "a new span id: {traceparent}"
+    );
+    // Without them, both are made up.
+    let seen = body_of(&lb, "lb://orders/echo-headers").await.expect("answer");
+    let (request_id, traceparent) = seen.split_once(' ').expect("two headers");
+    assert_eq!(request_id.len(), 32, "{seen}");
+    assert_eq!(traceparent.split('-').count(), 4, "{seen}");
     registry.stop.cancel();
 }
