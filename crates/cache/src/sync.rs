@@ -106,9 +106,12 @@ pub(crate) struct Synchroniser {
     destination: String,
     /// Whether the near cache may serve: the path is known to work.
     healthy: AtomicBool,
-    /// When (ms since the epoch) the last doubt arose; only an own message sent later
-    /// restores health.
+    /// The timestamp of the last own message stamped before the last doubt; only an own
+    /// message stamped later restores health.
     doubt_since_ms: AtomicU64,
+    /// The last timestamp given to an own message. Own timestamps strictly increase, so
+    /// "stamped after the doubt" holds even if the wall clock steps back.
+    last_stamp_ms: AtomicU64,
     last_echo: Mutex<Instant>,
     peers: Mutex<HashMap<String, Peer>>,
     heartbeat: Duration,
@@ -141,7 +144,8 @@ impl Synchroniser {
             service: setup.service,
             cache: setup.cache,
             healthy: AtomicBool::new(false),
-            doubt_since_ms: AtomicU64::new(rtalpha_bus::now_ms()),
+            doubt_since_ms: AtomicU64::new(0),
+            last_stamp_ms: AtomicU64::new(0),
             last_echo: Mutex::new(Instant::now()),
             peers: Mutex::new(HashMap::new()),
             heartbeat: setup.heartbeat,
@@ -193,7 +197,8 @@ impl Synchroniser {
     /// Something may have been missed: clear, and stop serving until the own messages
     /// are heard again.
     pub(crate) fn doubt(&self, reason: &'static str) {
-        self.doubt_since_ms.store(rtalpha_bus::now_ms(), Ordering::Release);
+        self.doubt_since_ms
+            .store(self.last_stamp_ms.load(Ordering::Acquire), Ordering::Release);
         let was_healthy = self.healthy.swap(false, Ordering::AcqRel);
         self.near.clear();
         self.counters.cleared(reason);
@@ -296,8 +301,13 @@ impl Synchroniser {
     }
 
     fn message(&self, sequence: u64, keys: Vec<String>, all: bool) -> CacheInvalidation {
+        let now = rtalpha_bus::now_ms();
+        let previous = self
+            .last_stamp_ms
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| Some(now.max(last + 1)))
+            .unwrap_or(now);
         CacheInvalidation {
-            timestamp: rtalpha_bus::now_ms(),
+            timestamp: now.max(previous + 1),
             origin_service: self.publisher.clone(),
             destination_service: self.destination.clone(),
             cache: self.cache.clone(),
@@ -569,13 +579,30 @@ mod tests {
         let relay = Relay::default();
         let bus = Bus::local(relay.clone());
         let near = Arc::new(Recorder::default());
-        let sync = Synchroniser::start(setup(&bus, near.clone()), CancellationToken::new());
+        let shutdown = CancellationToken::new();
+        let sync = Synchroniser::start(setup(&bus, near.clone()), shutdown.clone());
         until("healthy", || sync.is_healthy()).await;
         let clears_before = near.clears.load(Ordering::SeqCst);
         let _ = relay.deliveries().send(Delivery::MayHaveMissed);
-        until("in doubt", || !sync.is_healthy()).await;
-        assert!(near.clears.load(Ordering::SeqCst) > clears_before);
+        until("cleared", || near.clears.load(Ordering::SeqCst) > clears_before).await;
         until("healthy again", || sync.is_healthy()).await;
+
+        // Without the background heartbeats: a doubt suspends at once, and only an own
+        // message stamped after it lifts it.
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stamped_before = sync.message(0, Vec::new(), false);
+        sync.doubt("test");
+        assert!(!sync.is_healthy());
+        sync.heard_own(&stamped_before);
+        assert!(!sync.is_healthy(), "a message stamped before the doubt proves nothing");
+        let stamped_after = sync.message(0, Vec::new(), false);
+        assert!(
+            stamped_after.timestamp > stamped_before.timestamp,
+            "own stamps increase"
+        );
+        sync.heard_own(&stamped_after);
+        assert!(sync.is_healthy());
     }
 
     #[tokio::test]
