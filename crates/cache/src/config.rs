@@ -16,7 +16,7 @@ pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `redis://…` for the distributed mode (Redis as the shared tier under each near
+    /// `redis://…` (or `redis+unix://…`) for the distributed mode (Redis as the shared tier under each near
     /// cache, invalidations by Redis pub/sub); unset, the invalidation mode (near caches
     /// only, invalidations over the service's bus).
     pub url: Option<String>,
@@ -146,10 +146,13 @@ impl CacheConfig {
 impl Validate for CacheConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("redis+unix://")) {
+            // TLS (`rediss://`) is not built in: the redis crate's TLS features are off.
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
                 return Err(ConfigError::invalid(
                     "cache.url",
-                    format!("`{url}` is not a Redis URL (redis://host:port/db)"),
+                    format!(
+                        "`{url}` is not a Redis URL this build supports (redis://host:port/db or redis+unix:///path)"
+                    ),
                 ));
             }
             if self.local_only {
@@ -218,6 +221,7 @@ mod tests {
     fn invalid_values_name_their_key() {
         let cases: Vec<(serde_json::Value, &str)> = vec![
             (serde_json::json!({"url": "http://x"}), "cache.url"),
+            (serde_json::json!({"url": "rediss://x"}), "cache.url"),
             (
                 serde_json::json!({"url": "redis://x", "local_only": true}),
                 "cache.local_only",
