@@ -64,11 +64,11 @@ pub struct CacheSettings {
     /// At most this many bytes of values, counted as their JSON encoding.
     pub max_bytes: Option<u64>,
     /// An entry is dropped this long after it was written (also the Redis expiry in the
-    /// distributed mode); unset, entries live until evicted or invalidated.
-    #[serde(default, with = "humantime_serde")]
+    /// distributed mode); `0s` for never. Read it through [`CacheSettings::time_to_live`].
+    #[serde(with = "humantime_serde")]
     pub ttl: Option<Duration>,
-    /// An entry is dropped when it was not read for this long.
-    #[serde(default, with = "humantime_serde")]
+    /// An entry is dropped when it was not read for this long; unset or `0s` for never.
+    #[serde(with = "humantime_serde")]
     pub tti: Option<Duration>,
 }
 
@@ -93,6 +93,16 @@ pub enum SizeBound {
 }
 
 impl CacheSettings {
+    /// The time to live, if any (`0s` means none).
+    pub fn time_to_live(&self) -> Option<Duration> {
+        self.ttl.filter(|ttl| !ttl.is_zero())
+    }
+
+    /// The time to idle, if any (`0s` means none).
+    pub fn time_to_idle(&self) -> Option<Duration> {
+        self.tti.filter(|tti| !tti.is_zero())
+    }
+
     /// The size bound: bytes when `max_bytes` is set, else entries.
     pub fn size_bound(&self) -> SizeBound {
         match (self.max_bytes, self.max_entries) {
@@ -116,12 +126,6 @@ impl CacheSettings {
             return Err(ConfigError::invalid(key("max_bytes"), "must be at least 1"));
         }
         for (field, value) in [("ttl", self.ttl), ("tti", self.tti)] {
-            if value.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::invalid(
-                    key(field),
-                    "must be longer than zero; leave it unset for none",
-                ));
-            }
             // moka refuses durations over 1000 years; refuse them here with the key named.
             if value.is_some_and(|d| d > Duration::from_secs(100 * 365 * 24 * 3600)) {
                 return Err(ConfigError::invalid(key(field), "must be at most 100 years"));
@@ -242,7 +246,7 @@ mod tests {
                 "cache.caches.p.max_entries",
             ),
             (
-                serde_json::json!({"caches": {"p": {"ttl": "0s"}}}),
+                serde_json::json!({"caches": {"p": {"ttl": "200y"}}}),
                 "cache.caches.p.ttl",
             ),
         ];
@@ -253,6 +257,18 @@ mod tests {
                 other => panic!("{json}: expected an error naming {key}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_listed_cache_keeps_the_default_ttl_unless_it_sets_one_and_zero_means_none() {
+        let config: CacheConfig = serde_json::from_value(serde_json::json!({
+            "caches": {"a": {"max_entries": 5}, "b": {"ttl": "0s", "tti": "0s"}}
+        }))
+        .expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.settings("a").time_to_live(), Some(Duration::from_secs(600)));
+        assert_eq!(config.settings("b").time_to_live(), None);
+        assert_eq!(config.settings("b").time_to_idle(), None);
     }
 
     #[test]

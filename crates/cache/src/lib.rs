@@ -169,7 +169,7 @@ impl Caches {
                     connection.clone(),
                     base,
                     self.config.redis_timeout,
-                    settings.ttl,
+                    settings.time_to_live(),
                 ));
                 let sync = sync::Synchroniser::start(setup(Channel::Redis(channel)), self.shutdown.clone());
                 (Some(sync), Some(shared))

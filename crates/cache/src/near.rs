@@ -134,10 +134,10 @@ impl<V: Send + Sync + 'static> Near<V> {
                 true
             }
         };
-        if let Some(ttl) = settings.ttl {
+        if let Some(ttl) = settings.time_to_live() {
             builder = builder.time_to_live(ttl);
         }
-        if let Some(tti) = settings.tti {
+        if let Some(tti) = settings.time_to_idle() {
             builder = builder.time_to_idle(tti);
         }
         Near {
