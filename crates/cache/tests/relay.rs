@@ -236,6 +236,63 @@ async fn a_relay_outage_clears_the_caches_and_they_recover_without_stale_reads()
 }
 
 #[tokio::test]
+async fn a_write_whose_announcement_failed_is_caught_up_by_the_gap_it_leaves() {
+    let server = ConfigServer::start("127.0.0.1:0".parse().unwrap()).await;
+    // Only the writer reaches the relay through a proxy; the readers connect directly.
+    let writer_link = proxy::Proxy::start(server.address).await;
+    let shutdown = CancellationToken::new();
+    let service = unique("relay-writer-cut");
+    let config = config(None, "t");
+    let writer = rtalpha_cache::Caches::new(
+        &config,
+        &service,
+        relay_bus(&writer_link.url(), &shutdown),
+        shutdown.clone(),
+    )
+    .expect("caches")
+    .cache::<String>("products");
+    let url = server.url();
+    let readers = fleet(
+        2,
+        &config,
+        &service,
+        "products",
+        || relay_bus(&url, &shutdown),
+        &shutdown,
+    );
+    synchronised(&readers).await;
+    synchronised(std::slice::from_ref(&writer)).await;
+    let source = Source::new();
+    source.set("p-1", "v1");
+    for reader in &readers {
+        source.read(reader, "p-1").await;
+    }
+    // Let every reader hear the writer at least once, so it knows its number.
+    tokio::time::sleep(fleet::HEARTBEAT * 3).await;
+
+    writer_link.cut();
+    source.set("p-1", "v2");
+    writer.put("p-1", "v2".to_owned()).await;
+    assert!(
+        writer.stats().propagation_failures >= 1,
+        "the announcement could not be sent"
+    );
+    for reader in &readers {
+        let held = reader.get("p-1").await;
+        assert_eq!(
+            held.as_deref().map(String::as_str),
+            Some("v1"),
+            "nothing told the reader yet"
+        );
+    }
+    writer_link.heal();
+    // The writer's next message (a heartbeat) carries the spent number: a gap.
+    converges(&source, &readers, "p-1", "v2", Instant::now()).await;
+    shutdown.cancel();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_misses_run_the_loader_once() {
     let server = ConfigServer::start("127.0.0.1:0".parse().unwrap()).await;
     let shutdown = CancellationToken::new();
