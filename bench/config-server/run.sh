@@ -47,10 +47,18 @@ RTALPHA_TELEMETRY__LOG_LEVEL=warn RTALPHA_CONFIG_SERVER__GIT__BASEDIR=$WORK/clon
 CONFIG_PID=$!
 wait_up $HELLO_PORT; wait_up $CONFIG_PORT
 RSS_START=$(rss_kb $CONFIG_PID)
+# A second baseline answers the config server's own answer, byte for byte: on loopback the
+# kernel's cost grows with the answer, and this baseline pays it too.
+curl -sf -o "$WORK/answer.json" "http://127.0.0.1:$CONFIG_PORT/app-7/default"
+SAME_PORT=$(free_port)
+taskset -c 0,1 target/release/rtalpha-bench hello --bind 127.0.0.1:$SAME_PORT --max-run 30m --body-file "$WORK/answer.json" >/dev/null 2>&1 &
+wait_up $SAME_PORT
+echo "answer: $(wc -c < "$WORK/answer.json") bytes"
 
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ) commit: $(git rev-parse --short HEAD) nproc: $(nproc) cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
-for target in hello config hello config; do
-  port=$([ $target = hello ] && echo $HELLO_PORT || echo $CONFIG_PORT)
+port_of() { case $1 in hello) echo $HELLO_PORT;; same-size-hello) echo $SAME_PORT;; *) echo $CONFIG_PORT;; esac; }
+for target in hello same-size-hello config hello same-size-hello config; do
+  port=$(port_of $target)
   out=$(taskset -c 0,1 wrk -t2 -c$CONNECTIONS -d$DURATION --latency "http://127.0.0.1:$port/app-7/default")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
@@ -59,8 +67,8 @@ done
 
 # Latency below saturation: 4 connections leave the cores to the servers, so the tail shows
 # the service time rather than the run queue of wrk and the server sharing two cores.
-for target in hello config; do
-  port=$([ $target = hello ] && echo $HELLO_PORT || echo $CONFIG_PORT)
+for target in hello same-size-hello config; do
+  port=$(port_of $target)
   out=$(taskset -c 0,1 wrk -t1 -c4 -d$DURATION --latency "http://127.0.0.1:$port/app-7/default")
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')

@@ -44,6 +44,9 @@ enum Command {
         /// The server stops by itself after this long, so a forgotten one does not linger.
         #[arg(long, default_value = "2h", value_parser = parse_duration)]
         max_run: Duration,
+        /// Answer the bytes of this file instead of `hello`.
+        #[arg(long)]
+        body_file: Option<PathBuf>,
     },
     /// Registers `count` instances over keep-alive connections and prints the rate.
     Seed(seed::SeedArgs),
@@ -107,7 +110,14 @@ fn main() -> ExitCode {
     };
     finish(runtime.block_on(async move {
         match cli.command {
-            Command::Hello { bind, max_run } => hello::run(bind, max_run).await,
+            Command::Hello {
+                bind,
+                max_run,
+                body_file,
+            } => match body_file.map(std::fs::read).transpose() {
+                Ok(body) => hello::run(bind, max_run, body.map(bytes::Bytes::from)).await,
+                Err(err) => Err(anyhow::anyhow!("cannot read the body file: {err}")),
+            },
             Command::Seed(args) => seed::run(args).await,
             Command::Propagation(args) => propagation::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,

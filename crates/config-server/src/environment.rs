@@ -4,7 +4,7 @@
 //! placeholders resolved.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -58,7 +58,15 @@ pub struct Environment {
 }
 
 /// What one serialized Environment depends on besides the snapshot.
-type AnswerKey = (String, String, bool, Option<String>, EnvironmentShape);
+/// An answer made once: the request it answers, and its bytes.
+#[derive(Debug)]
+struct Answer {
+    profiles: String,
+    label_named: bool,
+    state: Option<String>,
+    shape: EnvironmentShape,
+    bytes: Bytes,
+}
 
 /// A parsed configuration file of the snapshot.
 #[derive(Debug, Clone)]
@@ -81,7 +89,9 @@ pub struct Snapshot {
     /// `{label}` placeholders.
     search_paths: Vec<String>,
     /// Serialized Environments by (application, profiles, label named, state).
-    answers: Mutex<HashMap<AnswerKey, Bytes>>,
+    /// Answers by application; looked up without allocating, so that a
+    /// request for an answer already made costs a read lock and a scan.
+    answers: RwLock<HashMap<String, Vec<Answer>>>,
 }
 
 fn is_config_file(path: &str) -> bool {
@@ -121,7 +131,7 @@ impl Snapshot {
             parsed,
             invalid,
             search_paths,
-            answers: Mutex::new(HashMap::new()),
+            answers: RwLock::new(HashMap::new()),
         }
     }
 
@@ -225,29 +235,30 @@ impl Snapshot {
         }
     }
 
-    /// The serialized Environment, made once per application, profiles, state and
-    /// shape.
+    /// The serialized Environment, made once per application, profiles (as the
+    /// request spelled them, comma-separated), state and shape.
     pub fn environment_json(
         &self,
         application: &str,
-        profiles: &[String],
+        profiles: &str,
         label_named: bool,
         state: Option<String>,
         cipher: Option<&Cipher>,
         shape: EnvironmentShape,
     ) -> Bytes {
-        let key = (
-            application.to_owned(),
-            profiles.join(","),
-            label_named,
-            state.clone(),
-            shape,
-        );
-        if let Some(bytes) = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return bytes.clone();
+        let matches = |answer: &&Answer| {
+            answer.profiles == profiles
+                && answer.label_named == label_named
+                && answer.state == state
+                && answer.shape == shape
+        };
+        if let Some(answers) = self.answers.read().unwrap_or_else(|p| p.into_inner()).get(application)
+            && let Some(answer) = answers.iter().find(matches)
+        {
+            return answer.bytes.clone();
         }
-        let mut environment = self.environment(application, profiles, cipher);
-        environment.state = state;
+        let mut environment = self.environment(application, &profiles_of(profiles), cipher);
+        environment.state = state.clone();
         if !label_named {
             environment.label = None;
         }
@@ -256,10 +267,17 @@ impl Snapshot {
             EnvironmentShape::WithOrigins => serde_json::to_vec(&with_origins(&environment)),
         };
         let bytes = Bytes::from(bytes.unwrap_or_default());
-        self.answers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, bytes.clone());
+        let mut answers = self.answers.write().unwrap_or_else(|p| p.into_inner());
+        let list = answers.entry(application.to_owned()).or_default();
+        if !list.iter().any(|answer| matches(&answer)) {
+            list.push(Answer {
+                profiles: profiles.to_owned(),
+                label_named,
+                state,
+                shape,
+                bytes: bytes.clone(),
+            });
+        }
         bytes
     }
 
@@ -625,6 +643,22 @@ fn write_yaml(value: &Value, indent: usize, out: &mut String) {
             }
         }
         scalar => out.push_str(&format!("{pad}{}\n", yaml_scalar(scalar))),
+    }
+}
+
+/// The profiles of a request: comma-separated, blanks dropped, `default` when
+/// none is left.
+pub fn profiles_of(text: &str) -> Vec<String> {
+    let profiles: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if profiles.is_empty() {
+        vec!["default".to_owned()]
+    } else {
+        profiles
     }
 }
 

@@ -211,6 +211,9 @@ impl AppState {
 
     /// The repository that serves an application and its profiles.
     pub fn store_for(&self, application: &str, profiles: &str) -> &Store {
+        if self.pattern_stores.is_empty() {
+            return &self.store;
+        }
         let key = format!("{application}/{profiles}");
         self.pattern_stores
             .iter()
@@ -316,19 +319,7 @@ fn label_of(text: &str) -> String {
     text.replace("(_)", "/")
 }
 
-fn profiles_of(text: &str) -> Vec<String> {
-    let profiles: Vec<String> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if profiles.is_empty() {
-        vec!["default".to_owned()]
-    } else {
-        profiles
-    }
-}
+use environment::profiles_of;
 
 fn valid_name(name: &str, what: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty() && !name.contains("..") && !name.contains('/') && !name.contains('\\');
@@ -388,11 +379,15 @@ async fn environment_response(
     valid_name(application, "application name")?;
     let store = state.store_for(application, profiles);
     let named = label.is_some();
-    let label = label.map_or_else(|| store.default_label().to_owned(), label_of);
+    let label = match label {
+        Some(label) if label.contains("(_)") => std::borrow::Cow::Owned(label_of(label)),
+        Some(label) => std::borrow::Cow::Borrowed(label),
+        None => std::borrow::Cow::Borrowed(store.default_label()),
+    };
     let snapshot = store.snapshot(&label).await?;
     let body = snapshot.environment_json(
         application,
-        &profiles_of(profiles),
+        profiles,
         named,
         store.state(&label),
         state.cipher.as_ref(),

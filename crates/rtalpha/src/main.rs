@@ -15,6 +15,13 @@ use rtalpha_runtime::config::Overrides;
 use rtalpha_runtime::{shutdown, telemetry};
 use tokio::net::TcpListener;
 
+/// mimalloc rather than the system allocator: with glibc's, a buffer allocated on
+/// one worker thread and freed on another takes the first thread's arena lock, and
+/// under load the two workers spend their time waking each other on that lock
+/// (bench/README.md, config server).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// rtalpha: a microservice platform.
 #[derive(Debug, Parser)]
 #[command(name = "rtalpha", version, about)]

@@ -207,10 +207,9 @@ fn the_v2_shape_gives_each_value_its_origin_and_the_plain_one_is_unchanged() {
         ),
         ("foo-dev.properties", "greeting = hi\n"),
     ]);
-    let profiles = profiles(&["dev"]);
     let plain: serde_json::Value = serde_json::from_slice(&snapshot.environment_json(
         "foo",
-        &profiles,
+        "dev",
         false,
         None,
         Some(&cipher),
@@ -219,7 +218,7 @@ fn the_v2_shape_gives_each_value_its_origin_and_the_plain_one_is_unchanged() {
     .unwrap();
     let v2: serde_json::Value = serde_json::from_slice(&snapshot.environment_json(
         "foo",
-        &profiles,
+        "dev",
         false,
         None,
         Some(&cipher),
