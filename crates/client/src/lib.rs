@@ -7,8 +7,11 @@
 //! [`discovery`] registers the instance, keeps its lease and a local copy of the
 //! registry that the registry's push watch keeps current. [`lb`] sends `lb://service/path`
 //! requests to the service's instances, with breakers, outlier ejection and retries.
+//! [`platform`] starts the bus, discovery, load balancing and the near caches
+//! (`rtalpha-cache`) of a service from its configuration in one call.
 
 pub mod config;
 pub mod discovery;
 pub mod lb;
+pub mod platform;
 mod transport;
