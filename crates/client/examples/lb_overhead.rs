@@ -27,17 +27,7 @@ fn registration(id: &str, port: u16) -> Registration {
         host_name: "127.0.0.1".to_owned(),
         ip_addr: Some("127.0.0.1".to_owned()),
         port: Some(port),
-        secure_port: None,
-        vip_address: None,
-        secure_vip_address: None,
-        status: None,
-        metadata: Default::default(),
-        zone: None,
-        home_page_url: None,
-        status_page_url: None,
-        health_check_url: None,
-        renewal_interval_secs: None,
-        lease_duration_secs: None,
+        ..Registration::default()
     }
 }
 
