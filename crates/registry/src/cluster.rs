@@ -605,16 +605,31 @@ impl Cluster {
         }
     }
 
+    /// Anti-entropy rounds every interval while the peer answers; after a failed
+    /// round (or a warm-up that could not reach it) the next one comes after the
+    /// retry backoff instead, so a peer that was down at start or came back from a
+    /// partition is reconciled, and counted reachable again, within seconds rather
+    /// than a whole interval later.
     async fn anti_entropy_loop(&self, peer: &Peer, shutdown: &CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settings.anti_entropy_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
+        let interval = self.settings.anti_entropy_interval;
+        let mut backoff = self.settings.retry_initial;
+        let mut wait = if peer.lock().last_error.is_some() {
+            backoff.min(interval)
+        } else {
+            interval
+        };
         while !peer.is_self.load(Ordering::Relaxed) {
             tokio::select! {
-                _ = ticks.tick() => {}
+                () = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => return,
             }
-            self.repair(peer).await;
+            if self.repair(peer).await.is_some() {
+                backoff = self.settings.retry_initial;
+                wait = interval;
+            } else {
+                wait = backoff.min(interval);
+                backoff = backoff.saturating_mul(2).min(self.settings.retry_max);
+            }
         }
     }
 
