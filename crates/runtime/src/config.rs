@@ -288,20 +288,28 @@ where
             {
                 ignored.push(err.path.join("."));
             }
-            // Spring's flattening writes an empty list or map as an empty string.
+            // Spring's flattening writes an empty list or map as an empty string, and
+            // Spring binds a comma-separated string to a list.
             figment::error::Kind::InvalidType(figment::error::Actual::Str(text), expected)
-                if from_remote && text.is_empty() && replace_empty(&mut values, &err.path, expected) => {}
+                if from_remote && replace_string(&mut values, &err.path, text, expected) => {}
             _ => return Err(load_error(err)),
         }
     }
 }
 
-/// Replaces the empty string at `path` by an empty list or map, as the type `expected`
-/// wants; whether it did.
-fn replace_empty(values: &mut serde_json::Value, path: &[String], expected: &str) -> bool {
-    let empty = if expected.contains("sequence") || expected.contains("array") {
-        serde_json::Value::Array(Vec::new())
-    } else if expected.contains("map") || expected.starts_with("struct") {
+/// Replaces the string `text` at `path` by what the type `expected` wants, as Spring
+/// binds it: a list of its comma-separated items (none for the empty string), or an
+/// empty map for the empty string; whether it did.
+fn replace_string(values: &mut serde_json::Value, path: &[String], text: &str, expected: &str) -> bool {
+    let replacement = if expected.contains("sequence") || expected.contains("array") {
+        serde_json::Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| serde_json::Value::String(item.to_owned()))
+                .collect(),
+        )
+    } else if text.is_empty() && (expected.contains("map") || expected.starts_with("struct")) {
         serde_json::Value::Object(serde_json::Map::new())
     } else {
         return false;
@@ -316,10 +324,10 @@ fn replace_empty(values: &mut serde_json::Value, path: &[String], expected: &str
         let Some(next) = next else { return false };
         node = next;
     }
-    if node.as_str() != Some("") {
+    if node.as_str() != Some(text) {
         return false;
     }
-    *node = empty;
+    *node = replacement;
     true
 }
 
@@ -545,6 +553,33 @@ mod tests {
         let loaded: Loaded<Lists> = load_with_env(None, Some(&layer), &Overrides::new(), no_env()).unwrap();
         assert!(loaded.config.tags.is_empty() && loaded.config.labels.is_empty());
         assert_eq!(loaded.config.name, "", "a string stays a string");
+    }
+
+    #[test]
+    fn a_comma_separated_remote_string_is_a_list_where_one_is_wanted() {
+        #[derive(Debug, Default, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        struct Lists {
+            tags: Vec<String>,
+            ports: Vec<u16>,
+            name: String,
+        }
+        impl Validate for Lists {
+            fn validate(&self) -> Result<(), ConfigError> {
+                Ok(())
+            }
+        }
+        let layer = remote(
+            serde_json::json!({"tags": "a, b,c", "ports": "8080,8081", "name": "x,y"}),
+            true,
+        );
+        let loaded: Loaded<Lists> = load_with_env(None, Some(&layer), &Overrides::new(), no_env()).unwrap();
+        assert_eq!(loaded.config.tags, ["a", "b", "c"]);
+        assert_eq!(loaded.config.ports, [8080, 8081], "items take the list's type");
+        assert_eq!(loaded.config.name, "x,y", "a string stays a string");
+        let layer = remote(serde_json::json!({"ports": "8080,many"}), true);
+        let err = load_with_env::<Lists>(None, Some(&layer), &Overrides::new(), no_env()).unwrap_err();
+        assert!(err.to_string().contains("ports"), "{err}");
     }
 
     #[test]
