@@ -104,6 +104,9 @@ pub enum PeerError {
 struct PeerState {
     /// Writes waiting, with the time they were queued.
     queue: VecDeque<(u64, ReplicationItem)>,
+    /// When the oldest write of the batch being sent was queued, while one is sent:
+    /// those writes are older than any in the queue and count towards the lag.
+    in_flight_since: Option<u64>,
     node_id: Option<String>,
     reachable: bool,
     last_success: u64,
@@ -299,7 +302,10 @@ impl Cluster {
                     node_id: state.node_id.clone(),
                     reachable: state.reachable,
                     backlog: state.queue.len(),
-                    lag_ms: state.queue.front().map_or(0, |(queued, _)| now.saturating_sub(*queued)),
+                    lag_ms: state
+                        .in_flight_since
+                        .or_else(|| state.queue.front().map(|(queued, _)| *queued))
+                        .map_or(0, |queued| now.saturating_sub(queued)),
                     last_success: state.last_success,
                     last_error: state.last_error.clone(),
                     resync_pending: state.resync_pending,
@@ -515,7 +521,9 @@ impl Cluster {
             let batch: Vec<(u64, ReplicationItem)> = {
                 let mut state = peer.lock();
                 let take = state.queue.len().min(self.settings.batch_size);
-                state.queue.drain(..take).collect()
+                let batch: Vec<_> = state.queue.drain(..take).collect();
+                state.in_flight_since = batch.first().map(|(queued, _)| *queued);
+                batch
             };
             if batch.is_empty() {
                 continue;
@@ -527,6 +535,8 @@ impl Cluster {
                 .call::<_, ReplicationResponse>(peer, Method::POST, "/v1/replication/batch", Some(&body))
                 .await;
             self.note_outcome(peer, &outcome);
+            // Delivered, or back in the queue below: no longer in flight either way.
+            peer.lock().in_flight_since = None;
             match outcome {
                 Ok(response) => {
                     pause = self.settings.retry_initial;

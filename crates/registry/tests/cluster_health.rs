@@ -1,6 +1,7 @@
 //! What `/health` says about the cluster: a peer whose requests fail makes a
 //! node DEGRADED, and a peer that was down at start counts as reachable soon
-//! after it comes up. Registries served in-process.
+//! after it comes up; the lag includes a batch still being sent. Registries
+//! served in-process.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -83,5 +84,41 @@ async fn a_peer_whose_requests_fail_makes_the_node_degraded() {
         assert!(Instant::now() < deadline, "never DEGRADED: {health}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn the_lag_counts_a_batch_that_is_still_being_sent() {
+    // A peer that accepts connections and never answers: a batch sent to it
+    // stays in flight until the request timeout.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hung_url = format!("http://{}", hung.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in hung.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let mut config = quiet_config();
+    config.registry.peers = vec![hung_url];
+    config.registry.cluster.sync_timeout = Duration::from_millis(200);
+    config.registry.cluster.request_timeout = Duration::from_secs(3);
+    let a = start(config).await;
+    // Replication starts once the warm-up has given up on the peer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get("/ready").await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.register("orders", "o1", 8080).await.status.is_success());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let status = a.get_json("/v1/status").await.json();
+    let peer = &status["cluster"]["peers"][0];
+    assert_eq!(peer["backlog"], 0, "the write left the queue: {peer}");
+    let lag = peer["lag_ms"].as_u64().expect("lag_ms");
+    assert!(
+        lag >= 600,
+        "a batch in flight for 800 ms shows a lag of {lag} ms: {peer}"
+    );
     a.stop().await;
 }
