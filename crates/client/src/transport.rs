@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
-use http::{Method, Request, StatusCode, header};
+use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -27,13 +26,42 @@ pub enum TransportError {
     },
 }
 
+/// Which of a list of servers to try first: the one that answered last, then the
+/// others in their configured order (so a registry of this zone comes before the
+/// others again once the preferred one fails). Shared by the config client's fetcher
+/// and the registry client.
+#[derive(Debug, Default)]
+pub(crate) struct Rotation {
+    preferred: AtomicUsize,
+}
+
+impl Rotation {
+    /// The indices of `count` servers in the order to try them.
+    pub fn order(&self, count: usize) -> impl Iterator<Item = usize> {
+        let preferred = self.preferred.load(Ordering::Relaxed).min(count.saturating_sub(1));
+        std::iter::once(preferred)
+            .filter(move |_| count > 0)
+            .chain((0..count).filter(move |&i| i != preferred))
+    }
+
+    /// The server tried first now.
+    pub fn preferred(&self, count: usize) -> Option<usize> {
+        self.order(count).next()
+    }
+
+    /// Server `index` answered: it goes first from now on.
+    pub fn answered(&self, index: usize) {
+        self.preferred.store(index, Ordering::Relaxed);
+    }
+}
+
 /// Servers tried in order, starting from the one that last answered.
 #[derive(Clone, Debug)]
 pub(crate) struct Servers {
     urls: Arc<[String]>,
-    preferred: Arc<AtomicUsize>,
+    rotation: Arc<Rotation>,
     client: Client<HttpConnector, Full<Bytes>>,
-    authorization: Option<Arc<str>>,
+    authorization: Option<HeaderValue>,
     timeout: Duration,
 }
 
@@ -42,16 +70,15 @@ impl Servers {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
-        let authorization = username.map(|user| {
-            let pair = format!("{user}:{}", password.unwrap_or_default());
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair)).into()
+        let authorization = username.and_then(|user| {
+            rtalpha_runtime::auth::basic_authorization(&format!("{user}:{}", password.unwrap_or_default()))
         });
         Servers {
             urls: urls
                 .into_iter()
                 .map(|url| url.trim_end_matches('/').to_owned())
                 .collect(),
-            preferred: Arc::new(AtomicUsize::new(0)),
+            rotation: Arc::new(Rotation::default()),
             client: Client::builder(TokioExecutor::new()).build(connector),
             authorization,
             timeout,
@@ -60,8 +87,9 @@ impl Servers {
 
     /// The server tried first now.
     pub fn current(&self) -> Option<&str> {
-        let count = self.urls.len();
-        (count > 0).then(|| self.urls[self.preferred.load(Ordering::Relaxed) % count].as_str())
+        self.rotation
+            .preferred(self.urls.len())
+            .map(|at| self.urls[at].as_str())
     }
 
     /// Sends a request to each server in turn until one answers with anything
@@ -72,15 +100,12 @@ impl Servers {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), TransportError> {
-        let count = self.urls.len();
-        let start = self.preferred.load(Ordering::Relaxed);
         let mut last = "no server configured".to_owned();
-        for offset in 0..count {
-            let at = (start + offset) % count;
+        for at in self.rotation.order(self.urls.len()) {
             let url = format!("{}{path}", self.urls[at]);
             match self.send_to(method.clone(), &url, body.clone()).await {
                 Ok((status, bytes)) if !status.is_server_error() => {
-                    self.preferred.store(at, Ordering::Relaxed);
+                    self.rotation.answered(at);
                     return Ok((status, bytes));
                 }
                 Ok((status, _)) => last = format!("{url}: answered {status}"),
@@ -116,13 +141,16 @@ impl Servers {
     /// Moves on to the next server (after the preferred one failed outside
     /// [`send`](Self::send), as a stream does).
     pub fn skip_current(&self) {
-        self.preferred.fetch_add(1, Ordering::Relaxed);
+        let count = self.urls.len();
+        if let Some(next) = self.rotation.order(count).nth(1) {
+            self.rotation.answered(next);
+        }
     }
 
     fn request(&self, method: Method, url: &str, body: Option<Vec<u8>>) -> Result<Request<Full<Bytes>>, String> {
         let mut builder = Request::builder().method(method).uri(url);
         if let Some(authorization) = &self.authorization {
-            builder = builder.header(header::AUTHORIZATION, authorization.as_ref());
+            builder = builder.header(header::AUTHORIZATION, authorization.clone());
         }
         if body.is_some() {
             builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -226,6 +254,20 @@ fn parse_event(block: &str) -> ServerEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_that_answered_last_goes_first_then_the_configured_order() {
+        let rotation = Rotation::default();
+        assert_eq!(rotation.order(3).collect::<Vec<_>>(), [0, 1, 2]);
+        rotation.answered(2);
+        assert_eq!(rotation.order(3).collect::<Vec<_>>(), [2, 0, 1]);
+        assert_eq!(rotation.order(0).count(), 0);
+        assert_eq!(
+            rotation.preferred(2),
+            Some(1),
+            "an index past a shorter list is clamped"
+        );
+    }
 
     #[test]
     fn an_event_block_yields_its_fields() {

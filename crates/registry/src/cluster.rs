@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -44,7 +43,7 @@ pub struct PeerUrl {
     /// `host:port`.
     pub authority: String,
     /// The `Authorization` header value, when the URL carries credentials.
-    pub authorization: Option<String>,
+    pub authorization: Option<http::HeaderValue>,
 }
 
 impl PeerUrl {
@@ -67,12 +66,7 @@ impl PeerUrl {
         if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
             return Err(format!("`{text}` must name a host and a port"));
         }
-        let authorization = credentials.map(|credentials| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(credentials)
-            )
-        });
+        let authorization = credentials.and_then(rtalpha_runtime::auth::basic_authorization);
         Ok(PeerUrl {
             base: format!("http://{authority}"),
             authority: authority.to_owned(),
@@ -830,7 +824,10 @@ mod tests {
         let url = PeerUrl::parse("http://ops:pw@127.0.0.1:8762/").unwrap();
         assert_eq!(url.base, "http://127.0.0.1:8762");
         assert_eq!(url.authority, "127.0.0.1:8762");
-        assert_eq!(url.authorization.as_deref(), Some("Basic b3BzOnB3"));
+        assert_eq!(
+            url.authorization.as_ref().and_then(|value| value.to_str().ok()),
+            Some("Basic b3BzOnB3")
+        );
         for bad in [
             "https://a:1",
             "http://a",

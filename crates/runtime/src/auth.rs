@@ -62,6 +62,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The `Authorization` header value a client sends for `pair` (`user:password`, as it
+/// stands in a URL's user info or joined from settings), marked sensitive so that it
+/// is never logged; `None` for a pair no header can carry.
+pub fn basic_authorization(pair: &str) -> Option<HeaderValue> {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

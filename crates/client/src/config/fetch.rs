@@ -2,10 +2,8 @@
 //! turn, the one that answered last first (so a dead first URL costs a timeout once, not
 //! on every refresh), each request bounded by the timeout.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, HeaderValue, USER_AGENT};
 use http::{Request, StatusCode, Uri};
@@ -16,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::ConfigClientSettings;
 use super::environment::Environment;
+use crate::transport::Rotation;
 
 /// The largest Environment accepted.
 const MAX_ENVIRONMENT_BYTES: usize = 16 * 1024 * 1024;
@@ -131,7 +130,7 @@ pub(crate) struct Fetcher {
     authorization: Option<HeaderValue>,
     timeout: Duration,
     /// The endpoint that answered last, tried first.
-    preferred: AtomicUsize,
+    rotation: Rotation,
 }
 
 impl Fetcher {
@@ -170,20 +169,18 @@ impl Fetcher {
             path,
             authorization,
             timeout: settings.timeout,
-            preferred: AtomicUsize::new(0),
+            rotation: Rotation::default(),
         })
     }
 
     /// One round: each endpoint in turn, the preferred one first, until one answers.
     pub(crate) async fn fetch(&self) -> Result<Fetched, FetchError> {
-        let preferred = self.preferred.load(Ordering::Relaxed).min(self.endpoints.len() - 1);
-        let order = std::iter::once(preferred).chain((0..self.endpoints.len()).filter(|&i| i != preferred));
         let mut failures = Vec::new();
-        for index in order {
+        for index in self.rotation.order(self.endpoints.len()) {
             let endpoint = &self.endpoints[index];
             match tokio::time::timeout(self.timeout, self.fetch_from(endpoint)).await {
                 Ok(Ok(environment)) => {
-                    self.preferred.store(index, Ordering::Relaxed);
+                    self.rotation.answered(index);
                     return Ok(Fetched {
                         environment,
                         uri: endpoint.base.clone(),
@@ -255,11 +252,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 fn basic(credentials: &str) -> Result<HeaderValue, String> {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-    let mut value =
-        HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| "credentials that cannot be sent".to_owned())?;
-    value.set_sensitive(true);
-    Ok(value)
+    rtalpha_runtime::auth::basic_authorization(credentials).ok_or_else(|| "credentials that cannot be sent".to_owned())
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters and `(`, `)`, which
