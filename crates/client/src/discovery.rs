@@ -223,6 +223,8 @@ struct Shared {
     servers: Servers,
     view: ArcSwap<View>,
     changes: watch::Sender<u64>,
+    /// Flips to true once, at the first successful fetch.
+    loaded: watch::Sender<bool>,
     status: Mutex<ViewStatus>,
     lease: Option<Lease>,
     health: Option<Health>,
@@ -289,6 +291,7 @@ impl DiscoveryClient {
                 servers,
                 view: ArcSwap::from_pointee(View::default()),
                 changes: watch::channel(0).0,
+                loaded: watch::channel(false).0,
                 status: Mutex::new(ViewStatus {
                     loaded: false,
                     stale: false,
@@ -333,27 +336,19 @@ impl DiscoveryClient {
 
     /// How current the view is.
     pub fn status(&self) -> ViewStatus {
-        self.shared.status.lock().map(|s| s.clone()).unwrap_or(ViewStatus {
-            loaded: false,
-            stale: true,
-            watching: false,
-            registry: None,
-            problem: Some("status unavailable".to_owned()),
-        })
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Waits until the first fetch succeeded, at most `limit`; true if it did.
     pub async fn wait_loaded(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.status().loaded {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let mut loaded = self.shared.loaded.subscribe();
+        tokio::time::timeout(limit, loaded.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the instance is registered, at most `limit`; true if it is.
@@ -628,6 +623,7 @@ impl Shared {
             status.problem = None;
             status.registry = registry.clone();
         }
+        self.loaded.send_replace(true);
         if was_stale {
             tracing::info!(registry = ?registry, "a registry answers again; the view is current");
         }

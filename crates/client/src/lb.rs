@@ -505,24 +505,10 @@ impl Shared {
         }
     }
 
-    /// UP instances with a plain port.
-    fn discovery_instances(&self, service: &str) -> Vec<Arc<Instance>> {
-        self.discovery
-            .instances(service)
-            .iter()
-            .filter(|instance| instance.status == Status::Up && instance.port.enabled)
-            .cloned()
-            .collect()
-    }
-
     /// The UP instances with a plain port, each with its statistics; the
     /// statistics of instances that left the view are dropped now and then.
     fn candidates(&self, service: &ServiceState, instances: &[Arc<Instance>]) -> Vec<Candidate> {
-        let usable = || {
-            instances
-                .iter()
-                .filter(|instance| instance.status == Status::Up && instance.port.enabled)
-        };
+        let usable = || instances.iter().filter(|instance| can_take_calls(instance));
         {
             let endpoints = match service.endpoints.read() {
                 Ok(endpoints) => endpoints,
@@ -648,7 +634,12 @@ impl Shared {
         if endpoint.ejected_until.load(Ordering::Acquire) > now {
             return;
         }
-        let total = self.discovery_instances(&service.name).len();
+        let total = self
+            .discovery
+            .instances(&service.name)
+            .iter()
+            .filter(|instance| can_take_calls(instance))
+            .count();
         let ejected = service
             .endpoints
             .read()
@@ -681,6 +672,11 @@ impl Shared {
         metrics::counter!("rtalpha_client_ejections_total", "instance" => endpoint.instance_id.clone()).increment(1);
         tracing::warn!(instance = %endpoint.instance_id, ?length, ejections, "instance ejected");
     }
+}
+
+/// Whether an instance may be sent calls: UP, with a plain port.
+fn can_take_calls(instance: &Instance) -> bool {
+    instance.status == Status::Up && instance.port.enabled
 }
 
 /// The load of an endpoint for the power of two choices: (in flight + 1) ×
