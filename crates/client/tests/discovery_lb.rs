@@ -113,6 +113,9 @@ async fn registry() -> Registry {
     let stop = CancellationToken::new();
     let mut config = rtalpha_registry::Config::default();
     config.server.shutdown_grace = Duration::from_millis(200);
+    // Sweep often, so that a lease the client failed to renew (2 s in these
+    // tests) would be evicted within the tests' waits.
+    config.registry.eviction_interval = Duration::from_millis(200);
     tokio::spawn(rtalpha_registry::run(config, listener, stop.clone()));
     Registry { base, stop }
 }
